@@ -1,0 +1,122 @@
+"""Settings for every module of the bundle, read from the environment and a `.env` file.
+
+One `Settings` object is the single source of configuration: the import script, the demo
+bootstrap, the service and the tests all read it, so a variable documented in the README means
+the same thing everywhere.  Variable names carry no prefix because the most important ones
+(`MLFLOW_TRACKING_URI`, `REDIS_URL`) are conventions users already set for other tools.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
+
+ExecutionProvider = Literal["CPUExecutionProvider", "CUDAExecutionProvider"]
+
+
+class Settings(BaseSettings):
+    """Every tunable of the bundle; see the configuration table in the README."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        protected_namespaces=(),
+    )
+
+    # --- model registry -------------------------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking/registry URI. Unset: the embedded local registry.",
+    )
+    local_registry_dir: Path = Field(
+        default=PROJECT_ROOT / "local_registry",
+        description="Folder of the embedded registry (SQLite file and artifacts).",
+    )
+    model_name: str = Field(default="localization_model", min_length=1)
+    model_stage: str | None = Field(default="Production")
+    model_alias: str | None = Field(default=None)
+    model_version: str | None = Field(default=None)
+
+    # --- BentoML --------------------------------------------------------------------------
+    bento_model_name: str = Field(default="localization_model", min_length=1)
+    bento_model_tag: str | None = Field(
+        default=None, description="BentoML model tag to serve. Unset: the newest import."
+    )
+
+    # --- cache ----------------------------------------------------------------------------
+    redis_url: str | None = Field(default=None, description="Unset: in-process LRU cache.")
+    cache_ttl_seconds: int = Field(default=3600, gt=0)
+    cache_max_entries: int = Field(default=10_000, gt=0)
+    cache_key_prefix: str = Field(default="rfloc")
+    redis_timeout_ms: int = Field(default=100, gt=0)
+
+    # --- batching and inference -----------------------------------------------------------
+    batch_max_size: int = Field(default=64, gt=0)
+    batch_max_latency_ms: int = Field(default=1000, gt=0)
+    ort_intra_op_threads: int = Field(default=0, ge=0, description="0: cores per worker.")
+    ort_inter_op_threads: int = Field(default=1, ge=0)
+    ort_providers: list[ExecutionProvider] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"]
+    )
+
+    # --- request limits -------------------------------------------------------------------
+    max_samples_per_capture: int = Field(default=65_536, gt=0)
+    max_batch_items: int = Field(default=100, gt=0)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+
+    @field_validator("model_stage", "model_alias", "model_version", "mlflow_tracking_uri",
+                     "redis_url", "bento_model_tag", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """An empty variable in a `.env` or a compose file means "not configured"."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("ort_providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        """Accept `CUDAExecutionProvider,CPUExecutionProvider` as well as a JSON list."""
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> Settings:
+        """Alias or version, when given, take precedence over the default stage."""
+        if self.model_alias and self.model_version:
+            raise ValueError("set at most one of MODEL_ALIAS and MODEL_VERSION")
+        if self.model_alias or self.model_version:
+            self.model_stage = None
+        return self
+
+    @property
+    def uses_embedded_registry(self) -> bool:
+        return self.mlflow_tracking_uri is None
+
+    @property
+    def embedded_tracking_uri(self) -> str:
+        return f"sqlite:///{(self.local_registry_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def embedded_artifact_root(self) -> Path:
+        return (self.local_registry_dir / "artifacts").resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        """The registry every tool talks to: the configured one or the embedded default."""
+        return self.mlflow_tracking_uri or self.embedded_tracking_uri
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests build their own `Settings(...)` instead of mutating this."""
+    return Settings()

@@ -1,0 +1,152 @@
+"""IQ captures -> model input: the one preprocessing function used to train and to serve.
+
+The pipeline is a plain STFT log-mel spectrogram over the complex (two-sided) spectrum:
+
+1. cut each capture to `spec.samples_per_capture` samples (longer captures keep their start);
+   a capture with at least one frame but fewer than `n_frames` frames has its frames repeated
+   cyclically, so time averages stay unbiased;
+2. periodic Hann window, FFT, power with "spectrum" scaling (a tone of amplitude A reads |A|^2),
+   fft-shifted so the axis runs from -fs/2 to +fs/2;
+3. mel filterbank (`utils.mel`), `10*log10(max(power, floor) / reference)`;
+4. `(dB - norm_mean_db) / norm_std_db`, laid out `[batch, channels, n_mels, frames]`, float32.
+
+Everything is vectorised over samples x receivers x frames; the only Python loop is over
+distinct capture lengths in `preprocess_many`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.fft
+from numpy.lib.stride_tricks import sliding_window_view
+
+from utils.feature_spec import FeatureSpec
+
+
+class InvalidCaptureError(ValueError):
+    """A capture that cannot be turned into model input; the message says why.
+
+    `index` is the position of the offending sample in a batch, when known, so that an API
+    can name it.
+    """
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        self.reason = message
+        self.index = index
+        super().__init__(message if index is None else f"sample {index}: {message}")
+
+    def at(self, index: int) -> InvalidCaptureError:
+        """The same error, attributed to batch position `index`."""
+        return InvalidCaptureError(self.reason, index)
+
+
+def iq_pairs_to_complex(pairs: np.ndarray) -> np.ndarray:
+    """`[..., 2]` real (I, Q) pairs -> complex64 `[...]`."""
+    arr = np.asarray(pairs)
+    if arr.dtype.kind not in "fiu":
+        raise InvalidCaptureError(f"IQ values must be numbers, got dtype {arr.dtype}")
+    if arr.ndim < 1 or arr.shape[-1] != 2:
+        raise InvalidCaptureError(
+            f"IQ pairs must have a last axis of length 2 ([I, Q]), got shape {list(arr.shape)}"
+        )
+    as_float = arr.astype(np.float32, copy=False)
+    return as_float[..., 0] + 1j * as_float[..., 1]
+
+
+def _as_batch(iq: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Validate and broadcast to complex64 `[batch, channels, samples]`."""
+    arr = np.asarray(iq)
+    if arr.dtype.kind != "c":
+        raise InvalidCaptureError(
+            f"captures must be complex IQ (complex64), got dtype {arr.dtype}; "
+            "convert [I, Q] pairs with iq_pairs_to_complex"
+        )
+    if arr.ndim == 1:
+        arr = arr[None, None, :]
+    elif arr.ndim == 2:
+        arr = arr[None, :, :]
+    elif arr.ndim != 3:
+        raise InvalidCaptureError(
+            f"captures must be [samples], [channels, samples] or [batch, channels, samples], "
+            f"got {arr.ndim} dimensions"
+        )
+    channels, samples = arr.shape[1], arr.shape[2]
+    if channels != spec.n_channels:
+        if channels == 1 and spec.repeat_single_capture:
+            arr = np.broadcast_to(arr, (arr.shape[0], spec.n_channels, samples))
+        else:
+            names = ", ".join(r.name for r in spec.receivers)
+            raise InvalidCaptureError(
+                f"expected {spec.n_channels} receiver captures ({names}), got {channels}"
+            )
+    if samples < spec.n_fft:
+        raise InvalidCaptureError(
+            f"capture too short: {samples} samples, at least {spec.n_fft} (one frame) needed"
+        )
+    arr = arr[:, :, : spec.samples_per_capture].astype(np.complex64, copy=False)
+    if not np.isfinite(arr.view(np.float32)).all():
+        raise InvalidCaptureError("capture contains NaN or infinite values")
+    return arr
+
+
+def preprocess(iq: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Complex IQ `[B, C, S]` (or `[C, S]`) -> normalised log-mel `[B, C, n_mels, n_frames]`."""
+    batch = _as_batch(iq, spec)
+    frames = sliding_window_view(batch, spec.n_fft, axis=-1)[:, :, :: spec.hop_length, :]
+    available = frames.shape[2]
+    if available < spec.n_frames:
+        frames = frames[:, :, np.arange(spec.n_frames) % available, :]
+    else:
+        frames = frames[:, :, : spec.n_frames, :]
+    window = spec.window_values
+    windowed = (frames * window).reshape(-1, spec.n_fft)
+    # scipy's pocketfft keeps complex64 and runs ~3x faster than numpy's on these shapes.
+    spectrum = scipy.fft.fft(windowed, axis=-1, overwrite_x=True)
+    power = spectrum.real**2 + spectrum.imag**2
+    power = np.fft.fftshift(power, axes=-1)
+    power *= np.float32(1.0 / float(window.sum()) ** 2)
+    mel = (power @ spec.filterbank).reshape(*frames.shape[:3], spec.n_mels)  # [B, C, F, M]
+    db = 10.0 * np.log10(np.maximum(mel, np.float32(spec.power_floor)) / spec.db_reference)
+    normalised = (db - np.float32(spec.norm_mean_db)) * np.float32(1.0 / spec.norm_std_db)
+    return np.ascontiguousarray(normalised.transpose(0, 1, 3, 2), dtype=np.float32)
+
+
+def preprocess_many(captures: Sequence[np.ndarray], spec: FeatureSpec) -> np.ndarray:
+    """A list of `[C, S_i]` captures of possibly different lengths -> `[B, C, M, F]`.
+
+    Captures are grouped by length so each group is one vectorised call; errors name the index
+    of the first bad capture.
+    """
+    if len(captures) == 0:
+        return np.zeros((0, *spec.input_shape), dtype=np.float32)
+    out = np.empty((len(captures), *spec.input_shape), dtype=np.float32)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, capture in enumerate(captures):
+        shape = tuple(np.shape(capture))
+        groups.setdefault(shape, []).append(index)
+    for shape, indices in groups.items():
+        if len(shape) not in (1, 2):
+            raise InvalidCaptureError(
+                f"a capture must be [samples] or [channels, samples], got {len(shape)} dimensions",
+                indices[0],
+            )
+        try:
+            stacked = np.stack([np.asarray(captures[i]) for i in indices])
+            if stacked.ndim == 2:
+                stacked = stacked[:, None, :]
+            out[indices] = preprocess(stacked, spec)
+        except InvalidCaptureError as exc:
+            raise exc.at(_first_bad(captures, indices, spec)) from None
+    return out
+
+
+def _first_bad(captures: Sequence[np.ndarray], indices: list[int], spec: FeatureSpec) -> int:
+    """Index of the first capture in a failing group (the error path only)."""
+    for index in indices:
+        try:
+            _as_batch(np.asarray(captures[index]), spec)
+        except InvalidCaptureError:
+            return index
+    return indices[0]
