@@ -8,12 +8,13 @@ the same thing everywhere.  Variable names carry no prefix because the most impo
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
 
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     batch_max_latency_ms: int = Field(default=1000, gt=0)
     ort_intra_op_threads: int = Field(default=0, ge=0, description="0: cores per worker.")
     ort_inter_op_threads: int = Field(default=1, ge=0)
-    ort_providers: list[ExecutionProvider] = Field(
+    ort_providers: Annotated[list[ExecutionProvider], NoDecode] = Field(
         default_factory=lambda: ["CPUExecutionProvider"]
     )
 
@@ -85,8 +86,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_providers(cls, value: object) -> object:
         """Accept `CUDAExecutionProvider,CPUExecutionProvider` as well as a JSON list."""
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
     @model_validator(mode="after")

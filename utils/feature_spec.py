@@ -9,7 +9,7 @@ warning, as SPEC §2 requires.
 from __future__ import annotations
 
 import json
-from functools import cached_property
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -102,25 +102,16 @@ class FeatureSpec(BaseModel):
         """Per-sample model input shape `[channels, n_mels, frames]`."""
         return (self.n_channels, self.n_mels, self.n_frames)
 
-    @cached_property
+    @property
     def filterbank(self) -> np.ndarray:
-        """Mel weights `[n_fft, n_mels]` in float32, transposed for a right matmul."""
-        weights = mel_filterbank(
-            self.sample_rate_hz,
-            self.n_fft,
-            self.n_mels,
-            self.f_min_hz,
-            self.f_max_hz,
-            scale=self.mel_scale,
-            slaney_norm=self.mel_norm == "slaney",
-        )
-        return np.ascontiguousarray(weights.T, dtype=np.float32)
+        """Mel weights `[n_fft, n_mels]` in float32, transposed for a right matmul (cached)."""
+        return _filterbank(self.sample_rate_hz, self.n_fft, self.n_mels, self.f_min_hz,
+                           self.f_max_hz, self.mel_scale, self.mel_norm == "slaney")
 
-    @cached_property
+    @property
     def window_values(self) -> np.ndarray:
-        """Periodic Hann window (as scipy.signal.get_window('hann', n) builds it)."""
-        n = np.arange(self.n_fft, dtype=np.float64)
-        return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / self.n_fft)).astype(np.float32)
+        """Periodic Hann window, as scipy.signal.get_window('hann', n) builds it (cached)."""
+        return _hann(self.n_fft)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -132,6 +123,24 @@ class FeatureSpec(BaseModel):
     @classmethod
     def load(cls, path: Path) -> FeatureSpec:
         return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+
+
+@lru_cache(maxsize=16)
+def _filterbank(sample_rate_hz: float, n_fft: int, n_mels: int, f_min_hz: float,
+                f_max_hz: float, scale: MelScale, slaney_norm: bool) -> np.ndarray:
+    weights = mel_filterbank(sample_rate_hz, n_fft, n_mels, f_min_hz, f_max_hz, scale=scale,
+                             slaney_norm=slaney_norm)
+    out = np.ascontiguousarray(weights.T, dtype=np.float32)
+    out.flags.writeable = False  # shared between specs: nobody may mutate it
+    return out
+
+
+@lru_cache(maxsize=16)
+def _hann(n_fft: int) -> np.ndarray:
+    n = np.arange(n_fft, dtype=np.float64)
+    out = (0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)).astype(np.float32)
+    out.flags.writeable = False
+    return out
 
 
 def default_feature_spec() -> FeatureSpec:

@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make serve` (the main job) and `make test` (the whole suite).
+# Both create .venv from the project's own requirements files; nothing else is assumed
+# beyond Python >= 3.10 and access to PyPI.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: serve test bootstrap install-train install-test clean-registry help
+
+help:
+	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
+	@echo "make test    set up and run the whole test suite"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Stamp files re-run pip whenever a requirements file changes.
+$(VENV)/.train-installed: requirements/serve.txt requirements/train.txt | $(PY)
+	$(PIP) install --quiet -r requirements/train.txt
+	touch $@
+
+$(VENV)/.test-installed: requirements/serve.txt requirements/train.txt requirements/test.txt | $(PY)
+	$(PIP) install --quiet -r requirements/test.txt
+	touch $@
+
+install-train: $(VENV)/.train-installed
+install-test: $(VENV)/.test-installed
+
+bootstrap: install-train
+	$(PY) -m demo.bootstrap --only-embedded
+
+serve: bootstrap
+	@echo "The demo model is in the registry. The BentoML service (step 4) has not landed yet:"
+	@echo "this command stops after the bootstrap instead of starting a server."
+
+test: install-test
+	$(PY) -m pytest
+
+clean-registry:
+	rm -rf local_registry

@@ -1,0 +1,183 @@
+"""Put a genuinely trained demo model into an MLflow registry (the embedded one by default).
+
+    python -m demo.bootstrap [--tracking-uri URI] [--force] [--scenes N] [--seed S] [--only-embedded]
+
+Idempotent: when the registered model already has a version in the Production stage (or under
+the `production` alias) nothing is trained unless `--force` is given.  The model folder logged to
+the run holds `MLmodel`, `model.onnx` (weights may sit in external-data files beside it) and
+`feature_spec.json`; the version is registered from that folder, moved to Production and given
+the alias `production`, so both registry idioms of MLflow 3 find it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import mlflow.onnx
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
+
+from utils.config import Settings, get_settings
+from utils.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
+
+log = logging.getLogger("demo.bootstrap")
+
+EXPERIMENT_NAME = "rf-localization-demo"
+PRODUCTION_STAGE = "Production"
+PRODUCTION_ALIAS = "production"
+MODEL_ARTIFACT_PATH = "model"
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    name: str
+    version: str
+    created: bool
+    run_id: str
+    metrics: dict[str, float]
+
+
+def production_version(client: MlflowClient, name: str) -> str | None:
+    """The version under the `production` alias, else the newest one in the Production stage."""
+    try:
+        return str(client.get_model_version_by_alias(name, PRODUCTION_ALIAS).version)
+    except MlflowException:
+        pass
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    staged = [int(v.version) for v in versions if v.current_stage == PRODUCTION_STAGE]
+    return str(max(staged)) if staged else None
+
+
+def _signature(spec: FeatureSpec) -> ModelSignature:
+    import numpy as np
+
+    shape = (-1, spec.n_channels, spec.n_mels, spec.n_frames)
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), shape, "mel_spectrogram")]),
+        outputs=Schema([
+            TensorSpec(np.dtype(np.float32), (-1, 2), "positions"),
+            TensorSpec(np.dtype(np.float32), (-1, 3), "uncertainties"),
+        ]),
+    )
+
+
+def _experiment_id(client: MlflowClient, settings: Settings, tracking_uri: str) -> str:
+    existing = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if existing is not None:
+        return str(existing.experiment_id)
+    artifact_location = None
+    if tracking_uri == settings.embedded_tracking_uri:
+        settings.embedded_artifact_root.mkdir(parents=True, exist_ok=True)
+        artifact_location = settings.embedded_artifact_root.as_uri()
+    return str(client.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location))
+
+
+def bootstrap(settings: Settings | None = None, *, tracking_uri: str | None = None,
+              force: bool = False, n_scenes: int | None = None,
+              seed: int | None = None) -> BootstrapResult:
+    """Train, log, register and promote the demo model unless Production already exists."""
+    from demo.train import TrainConfig, train_demo_model
+
+    settings = settings or get_settings()
+    uri = tracking_uri or settings.tracking_uri
+    if uri == settings.embedded_tracking_uri:
+        settings.local_registry_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = settings.model_name
+
+    current = production_version(client, name)
+    if current is not None and not force:
+        mv = client.get_model_version(name, current)
+        log.info("%s version %s is already in production; nothing to do (use --force)",
+                 name, current)
+        run = client.get_run(mv.run_id) if mv.run_id else None
+        return BootstrapResult(name, current, False, mv.run_id or "",
+                               dict(run.data.metrics) if run else {})
+
+    defaults = TrainConfig()
+    cfg = TrainConfig(n_scenes=n_scenes or defaults.n_scenes, seed=defaults.seed if seed is None
+                      else seed)
+    trained = train_demo_model(cfg)
+    experiment_id = _experiment_id(client, settings, uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="demo-model") as run:
+        mlflow.log_params(trained.params)
+        mlflow.log_metrics(trained.metrics)
+        mlflow.set_tags({"model_kind": "rf-localization-demo", "framework": "onnx"})
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / MODEL_ARTIFACT_PATH
+            mlflow.onnx.save_model(
+                trained.onnx_model,
+                path=str(model_dir),
+                signature=_signature(trained.spec),
+                metadata={"feature_spec": json.loads(trained.spec.to_json())},
+                pip_requirements=["onnxruntime", "numpy"],
+                save_as_external_data=True,
+            )
+            trained.spec.save(model_dir / FEATURE_SPEC_FILENAME)
+            mlflow.log_artifacts(str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
+        mlflow.log_text(trained.spec.to_json(), FEATURE_SPEC_FILENAME)
+        run_id = run.info.run_id
+        source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name, description="RF transmitter localization (synthetic demo model)"
+        )
+    mv = client.create_model_version(
+        name, source=source, run_id=run_id,
+        tags={"accuracy_meters": f"{trained.metrics['accuracy_meters']:.0f}"},
+        description="Demo model trained on synthetic NW-Italy WebSDR scenes",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still supported
+        client.transition_model_version_stage(name, mv.version, PRODUCTION_STAGE,
+                                              archive_existing_versions=True)
+    client.set_registered_model_alias(name, PRODUCTION_ALIAS, mv.version)
+    log.info("registered %s version %s (Production, alias %s)", name, mv.version,
+             PRODUCTION_ALIAS)
+    return BootstrapResult(name, str(mv.version), True, run_id, trained.metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tracking-uri", help="registry to write to (default: configured or "
+                        "embedded)")
+    parser.add_argument("--force", action="store_true", help="train and register a new version "
+                        "even if one is in production")
+    parser.add_argument("--scenes", type=int, default=None, help="number of synthetic scenes")
+    parser.add_argument("--seed", type=int, default=None, help="random seed")
+    parser.add_argument("--only-embedded", action="store_true", help="do nothing when "
+                        "MLFLOW_TRACKING_URI points at a registry of your own (used by `make serve`)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings = get_settings()
+    if args.only_embedded and not args.tracking_uri and not settings.uses_embedded_registry:
+        print("MLFLOW_TRACKING_URI is set: using that registry as it is, no demo model bootstrapped")
+        return 0
+    result = bootstrap(tracking_uri=args.tracking_uri, force=args.force, n_scenes=args.scenes,
+                       seed=args.seed)
+    print(json.dumps({"name": result.name, "version": result.version, "created": result.created,
+                      "run_id": result.run_id, "metrics": result.metrics}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
