@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import mlflow
 import mlflow.onnx
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
@@ -95,8 +97,7 @@ def bootstrap(settings: Settings | None = None, *, tracking_uri: str | None = No
     uri = tracking_uri or settings.tracking_uri
     if uri == settings.embedded_tracking_uri:
         settings.local_registry_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    # A client of its own, never mlflow.set_tracking_uri: that would leak into os.environ.
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = settings.model_name
 
@@ -114,10 +115,16 @@ def bootstrap(settings: Settings | None = None, *, tracking_uri: str | None = No
                       else seed)
     trained = train_demo_model(cfg)
     experiment_id = _experiment_id(client, settings, uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="demo-model") as run:
-        mlflow.log_params(trained.params)
-        mlflow.log_metrics(trained.metrics)
-        mlflow.set_tags({"model_kind": "rf-localization-demo", "framework": "onnx"})
+    run = client.create_run(experiment_id, run_name="demo-model",
+                            tags={"model_kind": "rf-localization-demo", "framework": "onnx"})
+    run_id = run.info.run_id
+    try:
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
+                     for k, v in trained.metrics.items()],
+            params=[Param(k, str(v)) for k, v in trained.params.items()],
+        )
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / MODEL_ARTIFACT_PATH
             mlflow.onnx.save_model(
@@ -129,10 +136,13 @@ def bootstrap(settings: Settings | None = None, *, tracking_uri: str | None = No
                 save_as_external_data=True,
             )
             trained.spec.save(model_dir / FEATURE_SPEC_FILENAME)
-            mlflow.log_artifacts(str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
-        mlflow.log_text(trained.spec.to_json(), FEATURE_SPEC_FILENAME)
-        run_id = run.info.run_id
-        source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
+            client.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
+        client.log_text(run_id, trained.spec.to_json(), FEATURE_SPEC_FILENAME)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)
+    source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
 
     try:
         client.get_registered_model(name)
