@@ -1,6 +1,7 @@
 """Put a genuinely trained demo model into an MLflow registry (the embedded one by default).
 
-    python -m demo.bootstrap [--tracking-uri URI] [--force] [--scenes N] [--seed S] [--only-embedded]
+    python -m demo.bootstrap [--tracking-uri URI] [--force] [--scenes N] [--seed S]
+                             [--only-embedded]
 
 Idempotent: when the registered model already has a version in the Production stage (or under
 the `production` alias) nothing is trained unless `--force` is given.  The model folder logged to
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import mlflow
 import mlflow.onnx
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
-from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
@@ -173,14 +174,16 @@ def main(argv: list[str] | None = None) -> int:
                         "even if one is in production")
     parser.add_argument("--scenes", type=int, default=None, help="number of synthetic scenes")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
-    parser.add_argument("--only-embedded", action="store_true", help="do nothing when "
-                        "MLFLOW_TRACKING_URI points at a registry of your own (used by `make serve`)")
+    parser.add_argument("--only-embedded", action="store_true",
+                        help="do nothing when MLFLOW_TRACKING_URI points at a registry of your "
+                        "own (used by `make serve`)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = get_settings()
     if args.only_embedded and not args.tracking_uri and not settings.uses_embedded_registry:
-        print("MLFLOW_TRACKING_URI is set: using that registry as it is, no demo model bootstrapped")
+        print("MLFLOW_TRACKING_URI is set: using that registry as it is, "
+              "no demo model bootstrapped")
         return 0
     result = bootstrap(tracking_uri=args.tracking_uri, force=args.force, n_scenes=args.scenes,
                        seed=args.seed)

@@ -126,7 +126,8 @@ def feature_model(spec: FeatureSpec) -> onnx.ModelProto:
     g = _Graph()
     feats = _features(g, spec)
     g.op("Identity", [feats], output="features")
-    out = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3 * spec.n_channels])
+    out = helper.make_tensor_value_info("features", TensorProto.FLOAT,
+                                        ["batch", 3 * spec.n_channels])
     return _model(g, spec, [out], "demo_features")
 
 

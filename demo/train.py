@@ -137,7 +137,7 @@ def geodesic_errors_m(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """WGS84 geodesic distance between predicted and true (lat, lon) rows."""
     geod = Geodesic.WGS84
     return np.array([geod.Inverse(p[0], p[1], t[0], t[1], Geodesic.DISTANCE)["s12"]
-                     for p, t in zip(pred, truth)])
+                     for p, t in zip(pred, truth, strict=True)])
 
 
 def ellipse_coverage(positions: np.ndarray, uncertainties: np.ndarray, truth: np.ndarray,

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from demo.onnx_graph import feature_model
-from tests.conftest import download_registered_model
 from demo.train import ellipse_coverage, geodesic_errors_m
+from tests.conftest import download_registered_model
 from utils.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
 from utils.preprocessing import preprocess
 from utils.synthetic import SceneConfig, generate_scenes
