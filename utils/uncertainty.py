@@ -1,14 +1,27 @@
-"""Uncertainty conventions of SPEC §5: degrees <-> metres and confidence scaling.
+"""Uncertainty ellipses by the conventions of SPEC §5 (framework-free, vectorised).
 
 Errors are a 2-D Gaussian in the local east/north tangent plane, in metres.  The model reports
 sigma of latitude and of longitude in degrees; they become metres through the WGS84 meridian
 (north) and prime-vertical (east) radii of curvature at the predicted latitude.  Column 0
-(latitude) is `sigma_y` (north), column 1 (longitude) is `sigma_x` (east).
+(latitude) is `sigma_y` (north), column 1 (longitude) is `sigma_x` (east); rho is the same
+correlation in either order.
+
+The ellipse of covariance `[[sx², ρ·sx·sy], [ρ·sx·sy, sy²]]` at confidence p has semi-axes
+`k·sqrt(eigenvalue)` with `k = sqrt(-2 ln(1 - p))` (chi-square, 2 dof): the 1-sigma ellipse
+holds 39.3 %, not 68 %.  Orientation is the bearing of the semi-major axis, clockwise from true
+north, in [0, 180); a circle has orientation 0.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+MIN_POINTS = 8
+MAX_POINTS = 4096
+#: Probability held by the 1-sigma ellipse of a 2-D Gaussian (what `confidence_interval` states).
+ONE_SIGMA_PROBABILITY = float(-np.expm1(-0.5))
 
 WGS84_A = 6_378_137.0
 WGS84_F = 1.0 / 298.257223563
@@ -78,3 +91,115 @@ def mahalanobis_sq(
     v = np.asarray(north_m) / sigma_y_m
     r = np.asarray(rho, dtype=np.float64)
     return (u * u - 2.0 * r * u * v + v * v) / (1.0 - r * r)
+
+
+class UncertaintyInputError(ValueError):
+    """Bad ellipse input; `field` names the argument so an API can point at it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class EllipseParams:
+    """An uncertainty ellipse in the tangent plane (metres, bearing in degrees)."""
+
+    semi_major_m: float
+    semi_minor_m: float
+    orientation_deg: float
+    area_m2: float
+    confidence_level: float
+
+
+def _fail_if(bad: np.ndarray, field: str, message: str) -> None:
+    if np.any(bad):
+        raise UncertaintyInputError(field, message)
+
+
+def validate_inputs(
+    sigma_x_m: np.ndarray | float,
+    sigma_y_m: np.ndarray | float,
+    rho: np.ndarray | float = 0.0,
+    confidence_level: np.ndarray | float = 0.95,
+    latitude: np.ndarray | float | None = None,
+    longitude: np.ndarray | float | None = None,
+    num_points: int | None = None,
+) -> None:
+    """Raise `UncertaintyInputError` naming the first argument outside the valid space."""
+    if latitude is not None:
+        lat = np.asarray(latitude, dtype=np.float64)
+        _fail_if(~np.isfinite(lat) | (np.abs(lat) > 90.0), "latitude",
+                 "must be a finite number in [-90, 90]")
+    if longitude is not None:
+        _fail_if(~np.isfinite(np.asarray(longitude, dtype=np.float64)), "longitude",
+                 "must be a finite number")
+    for name, value in (("sigma_x", sigma_x_m), ("sigma_y", sigma_y_m)):
+        v = np.asarray(value, dtype=np.float64)
+        _fail_if(~np.isfinite(v) | ~(v > 0.0), name, "must be a finite number > 0 (metres)")
+    r = np.asarray(rho, dtype=np.float64)
+    _fail_if(~np.isfinite(r) | ~(np.abs(r) < 1.0), "rho", "must be in the open interval (-1, 1)")
+    p = np.asarray(confidence_level, dtype=np.float64)
+    _fail_if(~np.isfinite(p) | ~((p > 0.0) & (p < 1.0)), "confidence_level",
+             "must be in the open interval (0, 1)")
+    if num_points is not None and not MIN_POINTS <= num_points <= MAX_POINTS:
+        raise UncertaintyInputError(
+            "num_points", f"must be between {MIN_POINTS} and {MAX_POINTS}, got {num_points}"
+        )
+
+
+def ellipse_axes(
+    sigma_x_m: np.ndarray | float,
+    sigma_y_m: np.ndarray | float,
+    rho: np.ndarray | float,
+    confidence_level: np.ndarray | float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(semi-major m, semi-minor m, orientation deg, area m²), vectorised, no validation.
+
+    The small eigenvalue is taken as det/large so it keeps its precision when rho nears ±1.
+    """
+    sx = np.asarray(sigma_x_m, dtype=np.float64)
+    sy = np.asarray(sigma_y_m, dtype=np.float64)
+    r = np.asarray(rho, dtype=np.float64)
+    vxx, vyy, vxy = sx * sx, sy * sy, r * sx * sy
+    half_trace = 0.5 * (vxx + vyy)
+    disc = np.hypot(0.5 * (vxx - vyy), vxy)
+    large = half_trace + disc
+    small = (vxx * vyy * (1.0 - r * r)) / large
+    k = confidence_scale(confidence_level)
+    semi_major = k * np.sqrt(large)
+    semi_minor = np.minimum(k * np.sqrt(small), semi_major)  # a circle may round b above a
+    # angle of the major axis from east, counter-clockwise; bearing is clockwise from north
+    alpha = 0.5 * np.degrees(np.arctan2(2.0 * vxy, vxx - vyy))
+    bearing = np.mod(90.0 - alpha, 180.0)
+    bearing = np.where(bearing >= 180.0, bearing - 180.0, bearing)
+    circle = disc <= 1e-12 * half_trace
+    orientation = np.where(circle, 0.0, bearing)
+    return semi_major, semi_minor, orientation, np.pi * semi_major * semi_minor
+
+
+def covariance_ellipse(
+    sigma_x_m: float, sigma_y_m: float, rho: float = 0.0, confidence_level: float = 0.95
+) -> EllipseParams:
+    """The validated ellipse of one covariance (sigma_x east, sigma_y north, metres)."""
+    validate_inputs(sigma_x_m, sigma_y_m, rho, confidence_level)
+    a, b, theta, area = ellipse_axes(sigma_x_m, sigma_y_m, rho, confidence_level)
+    return EllipseParams(float(a), float(b), float(theta), float(area), float(confidence_level))
+
+
+def model_uncertainty_to_metres(
+    latitude_deg: np.ndarray, uncertainties: np.ndarray, units: str = "degrees"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model output `uncertainties` `[B, 2]` or `[B, 3]` -> (sigma_x m, sigma_y m, rho).
+
+    Column 0 is the latitude sigma (north), column 1 the longitude sigma (east), optional
+    column 2 the correlation.
+    """
+    u = np.asarray(uncertainties, dtype=np.float64)
+    if u.ndim != 2 or u.shape[1] not in (2, 3):
+        raise UncertaintyInputError("uncertainties", f"expected [B, 2] or [B, 3], got {u.shape}")
+    rho = u[:, 2] if u.shape[1] == 3 else np.zeros(u.shape[0])
+    if units == "metres":
+        return u[:, 1], u[:, 0], rho
+    sx, sy = sigmas_deg_to_m(latitude_deg, u[:, 0], u[:, 1])
+    return sx, sy, rho
