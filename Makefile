@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: serve test bootstrap install-train install-test clean-registry help
+.PHONY: serve test bootstrap import install-train install-test clean-registry help
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -32,9 +32,12 @@ install-test: $(VENV)/.test-installed
 bootstrap: install-train
 	$(PY) -m demo.bootstrap --only-embedded
 
-serve: bootstrap
-	@echo "The demo model is in the registry. The BentoML service (step 4) has not landed yet:"
-	@echo "this command stops after the bootstrap instead of starting a server."
+import: bootstrap
+	BENTOML_DO_NOT_TRACK=True $(PY) import_model.py
+
+serve: import
+	@echo "The model is imported into the BentoML store. The service (step 4) has not landed"
+	@echo "yet: this command stops after the import instead of starting a server."
 
 test: install-test
 	$(PY) -m pytest

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import mlflow
 import mlflow.onnx
+import onnx
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
@@ -88,6 +89,75 @@ def _experiment_id(client: MlflowClient, settings: Settings, tracking_uri: str) 
     return str(client.create_experiment(EXPERIMENT_NAME, artifact_location=artifact_location))
 
 
+def register_onnx_model(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    onnx_model: onnx.ModelProto,
+    spec: FeatureSpec | None,
+    *,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, str | int | float] | None = None,
+    stage: str | None = PRODUCTION_STAGE,
+    alias: str | None = PRODUCTION_ALIAS,
+    external_data: bool = True,
+) -> tuple[str, str]:
+    """Log an ONNX model folder (with its feature spec) to a new run and register it.
+
+    Returns (version, run_id).  Also used by the tests to put deliberately broken models into a
+    registry through exactly the path real models take.
+    """
+    run = client.create_run(experiment_id, run_name="demo-model",
+                            tags={"model_kind": "rf-localization-demo", "framework": "onnx"})
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp) / MODEL_ARTIFACT_PATH
+            mlflow.onnx.save_model(
+                onnx_model,
+                path=str(model_dir),
+                signature=_signature(spec) if spec else None,
+                metadata={"feature_spec": json.loads(spec.to_json())} if spec else None,
+                pip_requirements=["onnxruntime", "numpy"],
+                save_as_external_data=external_data,
+            )
+            if spec is not None:
+                spec.save(model_dir / FEATURE_SPEC_FILENAME)
+            client.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
+        if spec is not None:
+            client.log_text(run_id, spec.to_json(), FEATURE_SPEC_FILENAME)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="RF transmitter localization")
+    tags = {"accuracy_meters": f"{metrics['accuracy_meters']:.0f}"} if metrics and \
+        "accuracy_meters" in metrics else None
+    mv = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}", run_id=run_id, tags=tags,
+    )
+    version = str(mv.version)
+    if stage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # stages: deprecated, still supported
+            client.transition_model_version_stage(name, version, stage,
+                                                  archive_existing_versions=True)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    log.info("registered %s version %s (stage %s, alias %s)", name, version, stage, alias)
+    return version, run_id
+
+
 def bootstrap(settings: Settings | None = None, *, tracking_uri: str | None = None,
               force: bool = False, n_scenes: int | None = None,
               seed: int | None = None) -> BootstrapResult:
@@ -115,55 +185,11 @@ def bootstrap(settings: Settings | None = None, *, tracking_uri: str | None = No
     cfg = TrainConfig(n_scenes=n_scenes or defaults.n_scenes, seed=defaults.seed if seed is None
                       else seed)
     trained = train_demo_model(cfg)
-    experiment_id = _experiment_id(client, settings, uri)
-    run = client.create_run(experiment_id, run_name="demo-model",
-                            tags={"model_kind": "rf-localization-demo", "framework": "onnx"})
-    run_id = run.info.run_id
-    try:
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
-                     for k, v in trained.metrics.items()],
-            params=[Param(k, str(v)) for k, v in trained.params.items()],
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = Path(tmp) / MODEL_ARTIFACT_PATH
-            mlflow.onnx.save_model(
-                trained.onnx_model,
-                path=str(model_dir),
-                signature=_signature(trained.spec),
-                metadata={"feature_spec": json.loads(trained.spec.to_json())},
-                pip_requirements=["onnxruntime", "numpy"],
-                save_as_external_data=True,
-            )
-            trained.spec.save(model_dir / FEATURE_SPEC_FILENAME)
-            client.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
-        client.log_text(run_id, trained.spec.to_json(), FEATURE_SPEC_FILENAME)
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id)
-    source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(
-            name, description="RF transmitter localization (synthetic demo model)"
-        )
-    mv = client.create_model_version(
-        name, source=source, run_id=run_id,
-        tags={"accuracy_meters": f"{trained.metrics['accuracy_meters']:.0f}"},
-        description="Demo model trained on synthetic NW-Italy WebSDR scenes",
+    version, run_id = register_onnx_model(
+        client, _experiment_id(client, settings, uri), name, trained.onnx_model, trained.spec,
+        metrics=trained.metrics, params=trained.params,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still supported
-        client.transition_model_version_stage(name, mv.version, PRODUCTION_STAGE,
-                                              archive_existing_versions=True)
-    client.set_registered_model_alias(name, PRODUCTION_ALIAS, mv.version)
-    log.info("registered %s version %s (Production, alias %s)", name, mv.version,
-             PRODUCTION_ALIAS)
-    return BootstrapResult(name, str(mv.version), True, run_id, trained.metrics)
+    return BootstrapResult(name, version, True, run_id, trained.metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,243 @@
+"""Import a model version from the MLflow registry into the BentoML model store, validated.
+
+    python import_model.py [--tracking-uri URI] [--name NAME]
+                           [--stage STAGE | --alias ALIAS | --version N] [--force] [--json]
+
+Resolves the version (stage through a registry search, alias through the alias API, or an
+explicit version), downloads the whole artifact folder (external-data weights included),
+validates it against SPEC §2 (`utils.model_contract`) and only then registers it with
+`bentoml.models.create`, which commits atomically: any failure leaves the store as it was.
+Re-importing the same MLflow version with the same sha256 stores nothing and prints the
+existing tag. The tag is the last line of standard output (or use `--json`).
+
+Exit codes: 0 ok, 2 bad arguments, 3 registry unreachable, 4 model/stage/alias/version not
+found, 5 contract violation, 6 corrupt or unreadable model, 7 BentoML store error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+from utils.config import Settings, get_settings  # noqa: E402
+from utils.model_contract import (  # noqa: E402
+    ContractViolation,
+    CorruptModelError,
+    ModelContract,
+    validate_model_folder,
+)
+from utils.registry import (  # noqa: E402
+    ModelNotFound,
+    RegistryUnreachable,
+    ResolvedVersion,
+    configure_fast_failure,
+    download,
+    probe,
+    redact_uri,
+    resolve,
+    run_metrics,
+)
+
+log = logging.getLogger("import_model")
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_NOT_FOUND = 4
+EXIT_CONTRACT = 5
+EXIT_CORRUPT = 6
+EXIT_STORE = 7
+
+
+class StoreError(Exception):
+    """The BentoML model store refused the model."""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    tag: str
+    created: bool
+    registered_name: str
+    mlflow_version: str
+    stage: str | None
+    alias: str | None
+    sha256: str
+    feature_spec_source: str
+    warnings: list[str]
+
+
+def _existing(bento_name: str, resolved: ResolvedVersion, sha256: str):  # noqa: ANN202
+    """The newest stored model of this registered name, version and sha256, if any."""
+    import bentoml
+
+    try:
+        stored = bentoml.models.list(bento_name)
+    except bentoml.exceptions.NotFound:
+        return None
+    matches = [
+        m for m in stored
+        if m.info.labels.get("registered_name") == resolved.name
+        and m.info.labels.get("mlflow_version") == resolved.version
+        and m.info.metadata.get("sha256") == sha256
+    ]
+    return max(matches, key=lambda m: m.info.creation_time) if matches else None
+
+
+def _labels(resolved: ResolvedVersion, contract: ModelContract) -> dict[str, str]:
+    labels = {
+        "registered_name": resolved.name,
+        "mlflow_version": resolved.version,
+        "sha256": contract.sha256[:12],
+        "feature_spec": contract.feature_spec_source,
+    }
+    if resolved.stage:
+        labels["mlflow_stage"] = resolved.stage
+    if resolved.alias:
+        labels["mlflow_alias"] = resolved.alias
+    if resolved.run_id:
+        labels["mlflow_run_id"] = resolved.run_id
+    return labels
+
+
+def _metadata(uri: str, resolved: ResolvedVersion, contract: ModelContract) -> dict[str, object]:
+    return {
+        "registered_name": resolved.name,
+        "mlflow_version": resolved.version,
+        "mlflow_stage": resolved.stage or "",
+        "mlflow_alias": resolved.alias or "",
+        "mlflow_run_id": resolved.run_id or "",
+        "source_model_uri": resolved.model_uri,
+        "source_artifact_uri": redact_uri(resolved.source),
+        "registry": redact_uri(uri),
+        "sha256": contract.sha256,
+        "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "feature_spec": json.loads(contract.feature_spec.to_json()),
+        "feature_spec_source": contract.feature_spec_source,
+        "input_shape": [str(d) for d in contract.input_shape],
+        "uncertainty_width": contract.uncertainty_width,
+        "has_confidence": contract.has_confidence,
+        "metrics": run_metrics(uri, resolved.run_id),
+        "warnings": list(contract.warnings),
+    }
+
+
+def import_model(settings: Settings, *, tracking_uri: str | None = None,
+                 name: str | None = None, stage: str | None = None, alias: str | None = None,
+                 version: str | None = None, force: bool = False) -> ImportResult:
+    """Resolve, download, validate, store. Raises the typed errors `main` maps to exit codes."""
+    uri = tracking_uri or settings.tracking_uri
+    name = name or settings.model_name
+    if not (stage or alias or version):
+        stage, alias, version = settings.model_stage, settings.model_alias, settings.model_version
+    configure_fast_failure()
+    probe(uri)
+    resolved = resolve(uri, name, stage=stage, alias=alias, version=version)
+    with tempfile.TemporaryDirectory(prefix="import-model-") as tmp:
+        try:
+            folder = download(uri, resolved, Path(tmp) / "model")
+        except Exception as exc:  # mlflow raises many kinds when artifacts are missing
+            raise CorruptModelError(f"cannot download the artifacts of {resolved.model_uri}: "
+                                    f"{str(exc).splitlines()[0][:200]}") from exc
+        contract = validate_model_folder(folder, full_check=True)
+        existing = _existing(settings.bento_model_name, resolved, contract.sha256)
+        if existing is not None and not force:
+            log.info("%s version %s (sha256 %s) is already stored as %s", name, resolved.version,
+                     contract.sha256[:12], existing.tag)
+            return _result(str(existing.tag), False, resolved, contract)
+        import bentoml
+
+        try:
+            with bentoml.models.create(settings.bento_model_name,
+                                       labels=_labels(resolved, contract),
+                                       metadata=_metadata(uri, resolved, contract)) as model:
+                for item in folder.iterdir():
+                    target = Path(model.path) / item.name
+                    if item.is_dir():
+                        shutil.copytree(item, target)
+                    else:
+                        shutil.copy2(item, target)
+        except (OSError, ValueError, bentoml.exceptions.BentoMLException) as exc:
+            raise StoreError(f"BentoML model store: {str(exc).splitlines()[0][:300]}") from exc
+    log.info("imported %s version %s as %s", name, resolved.version, model.tag)
+    return _result(str(model.tag), True, resolved, contract)
+
+
+def _result(tag: str, created: bool, resolved: ResolvedVersion,
+            contract: ModelContract) -> ImportResult:
+    return ImportResult(tag=tag, created=created, registered_name=resolved.name,
+                        mlflow_version=resolved.version, stage=resolved.stage,
+                        alias=resolved.alias, sha256=contract.sha256,
+                        feature_spec_source=contract.feature_spec_source,
+                        warnings=list(contract.warnings))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="import_model.py",
+        description="Import a model version from the MLflow registry into the BentoML model "
+                    "store, after validating it against the model contract.",
+        epilog="Exit codes: 0 ok, 2 bad arguments, 3 registry unreachable, 4 not found, "
+               "5 contract violation, 6 corrupt or unreadable model, 7 BentoML store error.",
+    )
+    parser.add_argument("--tracking-uri", help="MLflow registry (default: MLFLOW_TRACKING_URI, "
+                        "else the embedded local registry)")
+    parser.add_argument("--name", help="registered model name (default: MODEL_NAME, "
+                        "localization_model)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--stage", help="registry stage (default: MODEL_STAGE, Production)")
+    which.add_argument("--alias", help="registry alias, e.g. production")
+    which.add_argument("--version", help="explicit registry version")
+    parser.add_argument("--force", action="store_true",
+                        help="store a new revision even if this version is already imported")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("alembic", "mlflow", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = get_settings()
+        result = import_model(settings, tracking_uri=args.tracking_uri, name=args.name,
+                              stage=args.stage, alias=args.alias, version=args.version,
+                              force=args.force)
+    except RegistryUnreachable as exc:
+        return _fail(EXIT_UNREACHABLE, f"registry unreachable: {exc}")
+    except ModelNotFound as exc:
+        return _fail(EXIT_NOT_FOUND, f"not found: {exc}")
+    except ContractViolation as exc:
+        return _fail(EXIT_CONTRACT, f"contract violation: {exc}")
+    except CorruptModelError as exc:
+        return _fail(EXIT_CORRUPT, f"corrupt or unreadable model: {exc}")
+    except StoreError as exc:
+        return _fail(EXIT_STORE, f"store error: {exc}")
+    if args.json:
+        print(json.dumps(asdict(result), sort_keys=True))
+    else:
+        state = "imported" if result.created else "already imported"
+        print(f"{state}: {result.registered_name} version {result.mlflow_version} "
+              f"(sha256 {result.sha256[:12]})")
+        print(result.tag)
+    return EXIT_OK
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"import_model: error: {message.splitlines()[0]}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
