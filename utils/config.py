@@ -61,12 +61,19 @@ class Settings(BaseSettings):
 
     # --- batching and inference -----------------------------------------------------------
     batch_max_size: int = Field(default=64, gt=0)
-    batch_max_latency_ms: int = Field(default=1000, gt=0)
+    batch_max_latency_ms: int = Field(
+        default=20_000, gt=0,
+        description="Dispatcher latency budget; BentoML answers 503 when a queued request "
+                    "cannot meet it, so it sits well above the p99 at 64 clients (README).")
     ort_intra_op_threads: int = Field(default=0, ge=0, description="0: cores per worker.")
     ort_inter_op_threads: int = Field(default=1, ge=0)
     ort_providers: Annotated[list[ExecutionProvider], NoDecode] = Field(
         default_factory=lambda: ["CPUExecutionProvider"]
     )
+
+    # --- service process --------------------------------------------------------------------
+    service_workers: int = Field(default=0, ge=0, description="0: one worker per CPU core.")
+    request_timeout_s: float = Field(default=60.0, gt=0)
 
     # --- request limits -------------------------------------------------------------------
     max_samples_per_capture: int = Field(default=65_536, gt=0)

@@ -1,0 +1,260 @@
+"""RF transmitter localization service (BentoML, adaptive batching).
+
+    bentoml serve service:Localization --port 3000
+
+The service class only wires the framework-free modules in `utils/`: decoding and validation
+(`decoding`), preprocessing + ONNX (`inference`), units and ellipses (`responses`), metrics.
+
+Batching: `/predict` and `/predict_batch` hand their validated captures to the batchable
+`infer` method through `self.to_async.infer`, so concurrent single requests are batched
+together by BentoML's dispatcher. That call goes through BentoML's in-process client; its
+session refresh every 100 calls breaks requests in flight in 1.4.30-1.4.40 (bentoml#5540),
+so `runner_connection` raises both refresh limits out of reach. Captures travel as base64
+complex64 (already validated and cut to the samples the model uses), which keeps the hop cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+import anyio.to_thread  # noqa: E402
+import bentoml  # noqa: E402
+import numpy as np  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
+
+from utils import metrics  # noqa: E402
+from utils.config import get_settings  # noqa: E402
+from utils.decoding import decode_capture, decode_iq_b64, decode_iq_data, encode_capture  # noqa: E402
+from utils.geojson import ellipse_feature  # noqa: E402
+from utils.get_alias import GetAsPost  # noqa: E402
+from utils.inference import ModelRuntime, default_intra_threads  # noqa: E402
+from utils.limits import BodySizeLimit  # noqa: E402
+from utils.preprocessing import InvalidCaptureError  # noqa: E402
+from utils.responses import build_predictions, utc_now  # noqa: E402
+from utils.schemas import (  # noqa: E402
+    BatchPredictionResponse,
+    Ellipse,
+    EllipseRequest,
+    ModelInfo,
+    PredictBatchRequest,
+    PredictionResponse,
+    PredictRequest,
+)
+from utils.uncertainty import UncertaintyInputError, covariance_ellipse  # noqa: E402
+
+log = logging.getLogger("bentoml.service.localization")
+settings = get_settings()
+WORKERS = settings.service_workers or (os.cpu_count() or 1)
+MODEL_TAG = settings.bento_model_tag or f"{settings.bento_model_name}:latest"
+_NEVER = 2**31 - 1
+
+
+def bad_request(message: str, status: int = 400) -> JSONResponse:
+    """4xx with `{"error": ..., "field": ...}`; the field is the message's prefix."""
+    field = message.split(":", 1)[0] if ":" in message else None
+    return JSONResponse({"error": message, "field": field}, status_code=status)
+
+
+@bentoml.service(
+    name="rf_localization",
+    workers=WORKERS,
+    traffic={"timeout": settings.request_timeout_s},
+    runner_connection={"max_requests": _NEVER, "max_age": float(_NEVER)},
+    metrics={"enabled": True, "namespace": "bentoml_service"},
+)
+class Localization:
+    """Predicts a transmitter's position and uncertainty ellipse from receiver IQ captures."""
+
+    model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        stored = self.model
+        self.tag = str(stored.tag)
+        self.info = stored.info
+        meta: dict[str, Any] = dict(stored.info.metadata)
+        self.runtime = ModelRuntime(
+            Path(stored.path), meta,
+            intra_threads=settings.ort_intra_op_threads or default_intra_threads(WORKERS),
+            inter_threads=settings.ort_inter_op_threads,
+            providers=list(settings.ort_providers),
+        )
+        self.spec = self.runtime.spec
+        self.meta = meta
+        self.model_version = f"{meta.get('mlflow_version', stored.tag.version)}+" \
+                             f"{self.runtime.sha256[:12]}"
+        self.loaded_at = utc_now()
+        self.ready = False
+        self.runtime.warm_up()
+        self.ready = True
+        metrics.MODEL_INFO.labels(meta.get("registered_name", stored.tag.name),
+                                  str(meta.get("mlflow_version", "")), self.runtime.sha256,
+                                  self.tag).set(1)
+        for warning in self.runtime.warnings:
+            log.warning(warning)
+        log.info("serving %s (%s) with %s", self.tag, self.model_version, self.runtime.providers)
+
+    def __is_ready__(self) -> bool:
+        """Ready once the session is loaded and the warm-up inference succeeded."""
+        return self.ready
+
+    # --- the one batched inference path --------------------------------------------------
+    @bentoml.api(batchable=True, max_batch_size=settings.batch_max_size,
+                 max_latency_ms=settings.batch_max_latency_ms)
+    def infer(self, captures: list[str]) -> list[dict[str, Any]]:
+        """Low-level batched inference on canonical captures (base64 complex64
+        `[channels, samples]`); returns raw model outputs per item. Used by `/predict` and
+        `/predict_batch`; an item that does not decode gets an `error` instead of failing the
+        batch it shares with other requests."""
+        decoded: list[np.ndarray | None] = []
+        for text in captures:
+            try:
+                capture = decode_capture(text, self.spec.n_channels)
+                decoded.append(capture if capture.shape[1] >= self.spec.n_fft and
+                               np.isfinite(capture.view(np.float32)).all() else None)
+            except (ValueError, TypeError):
+                decoded.append(None)
+        good = [c for c in decoded if c is not None]
+        results: list[dict[str, Any]] = []
+        raw = self.runtime.predict(good) if good else None
+        if raw is not None:
+            metrics.INFERENCE_SECONDS.observe(raw.preprocess_s + raw.model_s)
+            metrics.STAGE_SECONDS.labels("preprocess").observe(raw.preprocess_s)
+            metrics.STAGE_SECONDS.labels("model").observe(raw.model_s)
+        j = 0
+        for capture in decoded:
+            if capture is None:
+                results.append({"error": "not a valid canonical capture"})
+                continue
+            assert raw is not None
+            results.append({
+                "position": raw.positions[j].tolist(),
+                "uncertainty": raw.uncertainties[j].tolist(),
+                "confidence": None if raw.confidence is None else float(raw.confidence[j]),
+                "batch_ms": 1000.0 * (raw.preprocess_s + raw.model_s),
+                "batch_size": len(good),
+            })
+            j += 1
+        return results
+
+    # --- public API -----------------------------------------------------------------------
+    @bentoml.api(route="/predict", input_spec=PredictRequest)
+    async def predict(self, **request: Any) -> PredictionResponse:
+        """Predict one transmitter position from one capture per receiver."""
+        req = PredictRequest.model_construct(**request)
+        started = time.perf_counter()
+        try:
+            if req.iq_b64 is not None:
+                capture = decode_iq_b64(req.iq_b64, self.spec, settings.max_samples_per_capture)
+            else:  # the heavy path: off the event loop so the batch dispatcher keeps ticking
+                capture = await anyio.to_thread.run_sync(
+                    decode_iq_data, req.iq_data or [], self.spec, settings.max_samples_per_capture)
+        except InvalidCaptureError as exc:
+            metrics.ERRORS.labels("invalid_input").inc()
+            return bad_request(str(exc))  # type: ignore[return-value]
+        metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
+        (result,) = await self.to_async.infer([encode_capture(capture)])
+        response = self._responses([result], req, started)[0]
+        metrics.PREDICTIONS.labels("predict").inc()
+        return response
+
+    @bentoml.api(route="/predict_batch", input_spec=PredictBatchRequest)
+    async def predict_batch(self, **request: Any) -> BatchPredictionResponse:
+        """Predict several samples; results come back in request order."""
+        req = PredictBatchRequest.model_construct(**request)
+        started = time.perf_counter()
+        items: list[Any] = list(req.iq_b64_samples or req.iq_samples or [])
+        field = "iq_b64_samples" if req.iq_b64_samples is not None else "iq_samples"
+        if len(items) > settings.max_batch_items:
+            metrics.ERRORS.labels("too_many_items").inc()
+            return bad_request(f"{field}: {len(items)} items, at most "  # type: ignore[return-value]
+                               f"{settings.max_batch_items} per request", 413)
+        try:
+            encoded = await anyio.to_thread.run_sync(self._encode_items, items, field)
+        except InvalidCaptureError as exc:
+            metrics.ERRORS.labels("invalid_input").inc()
+            return bad_request(str(exc))  # type: ignore[return-value]
+        metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
+        results = await self.to_async.infer(encoded)
+        predictions = self._responses(results, req, started)
+        elapsed = time.perf_counter() - started
+        metrics.PREDICTIONS.labels("predict_batch").inc(len(predictions))
+        return BatchPredictionResponse(
+            predictions=predictions, total_time_ms=1000.0 * elapsed,
+            samples_per_second=len(predictions) / elapsed if elapsed > 0 else 0.0)
+
+    def _encode_items(self, items: list[Any], field: str) -> list[str]:
+        """Validate every batch item (errors name `field[index]`) into canonical base64."""
+        decode = decode_iq_b64 if field == "iq_b64_samples" else decode_iq_data
+        return [encode_capture(decode(item, self.spec, settings.max_samples_per_capture,
+                                      f"{field}[{index}]"))
+                for index, item in enumerate(items)]
+
+    def _responses(self, results: list[dict[str, Any]], req: PredictRequest | PredictBatchRequest,
+                   started: float) -> list[PredictionResponse]:
+        if any("error" in r for r in results):  # cannot happen for captures decoded above
+            metrics.ERRORS.labels("internal").inc()
+            raise RuntimeError("batched inference rejected a validated capture")
+        return build_predictions(
+            np.array([r["position"] for r in results]),
+            np.array([r["uncertainty"] for r in results]),
+            None if results[0]["confidence"] is None else
+            np.array([r["confidence"] for r in results]),
+            uncertainty_units=self.spec.uncertainty_units,
+            confidence_level=req.confidence_level,
+            include_geojson=req.include_geojson,
+            model_version=self.model_version,
+            inference_time_ms=1000.0 * (time.perf_counter() - started),
+            session_id=req.session_id,
+        )
+
+    @bentoml.api(route="/ellipse", input_spec=EllipseRequest)
+    def ellipse(self, **request: Any) -> Ellipse:
+        """Pure conversion: a 1-sigma covariance (metres, east/north) -> ellipse + GeoJSON."""
+        req = EllipseRequest.model_construct(**request)
+        try:
+            params = covariance_ellipse(req.sigma_x, req.sigma_y, req.rho, req.confidence_level)
+            feature = ellipse_feature(req.latitude, req.longitude, params, req.num_points,
+                                      {"sigma_x_m": req.sigma_x, "sigma_y_m": req.sigma_y,
+                                       "rho": req.rho})
+        except UncertaintyInputError as exc:
+            return bad_request(str(exc))  # type: ignore[return-value]
+        return Ellipse(semi_major_m=params.semi_major_m, semi_minor_m=params.semi_minor_m,
+                       orientation_deg=params.orientation_deg, area_m2=params.area_m2,
+                       confidence_level=params.confidence_level, geojson=feature)
+
+    @bentoml.api(route="/model/info")
+    def model_info(self) -> ModelInfo:
+        """The served model: registry origin, feature spec, training figures, live counters."""
+        meta = self.meta
+        training = meta.get("metrics") or {}
+        count, avg_ms = metrics.inference_stats()
+        return ModelInfo(
+            name=str(meta.get("registered_name", self.info.tag.name)),
+            version=str(meta.get("mlflow_version", self.info.tag.version)),
+            stage=meta.get("mlflow_stage") or None,
+            alias=meta.get("mlflow_alias") or None,
+            mlflow_run_id=meta.get("mlflow_run_id") or None,
+            bento_model_tag=self.tag,
+            created_at=self.info.creation_time.isoformat(),
+            sha256=self.runtime.sha256,
+            feature_spec=self.spec.model_dump(mode="json"),
+            feature_spec_source=self.runtime.spec_source,
+            accuracy_meters=training.get("accuracy_meters"),
+            training_samples=int(training["training_samples"])
+            if "training_samples" in training else None,
+            last_reloaded=self.loaded_at,
+            inference_count=count,
+            avg_latency_ms=avg_ms,
+            cache_hit_rate=None,
+            warnings=list(self.runtime.warnings),
+        )
+
+
+Localization.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+Localization.add_asgi_middleware(GetAsPost, paths=("/model/info",))

@@ -1,0 +1,110 @@
+"""Request IQ (`iq_data` JSON lists or `iq_b64` complex64 bytes) -> one validated capture.
+
+Every problem raises `InvalidCaptureError` whose message starts with the request field
+(`iq_data`, `iq_b64_samples[3]`, ...) so the API can answer 400 naming it.  The result is the
+canonical capture the model sees: complex64 `[channels, samples]`, cut to the samples the
+feature spec uses, single captures repeated across receivers where the spec allows it.  Its
+bytes are what travels to the batched inference and what a cache key hashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import numpy as np
+
+from utils.feature_spec import FeatureSpec
+from utils.preprocessing import InvalidCaptureError
+
+COMPLEX64_BYTES = 8
+
+
+def _single_capture_allowed(spec: FeatureSpec) -> bool:
+    return spec.n_channels == 1 or spec.repeat_single_capture
+
+
+def _finish(iq: np.ndarray, spec: FeatureSpec, max_samples: int, field: str) -> np.ndarray:
+    """Shared checks on a complex `[channels, samples]` capture, then canonical form."""
+    channels, samples = iq.shape
+    if channels != spec.n_channels and not (channels == 1 and _single_capture_allowed(spec)):
+        names = ", ".join(r.name for r in spec.receivers)
+        raise InvalidCaptureError(
+            f"{field}: expected {spec.n_channels} receiver captures ({names}), got {channels}")
+    if samples > max_samples:
+        raise InvalidCaptureError(
+            f"{field}: {samples} samples per receiver, at most {max_samples} accepted")
+    if samples < spec.n_fft:
+        raise InvalidCaptureError(
+            f"{field}: {samples} samples per receiver, at least {spec.n_fft} (one frame) needed")
+    iq = iq[:, : spec.samples_per_capture]
+    if not np.isfinite(iq.view(np.float32)).all():
+        raise InvalidCaptureError(f"{field}: contains NaN or infinite values")
+    if channels != spec.n_channels:
+        iq = np.broadcast_to(iq, (spec.n_channels, iq.shape[1]))
+    return np.ascontiguousarray(iq, dtype=np.complex64)
+
+
+def decode_iq_data(value: list[Any], spec: FeatureSpec, max_samples: int,
+                   field: str = "iq_data") -> np.ndarray:
+    """`[[I, Q], ...]` or `[[[I, Q], ...], ...]` -> canonical complex64 `[channels, samples]`."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise InvalidCaptureError(
+            f"{field}: ragged nesting: every receiver needs the same number of [I, Q] pairs, "
+            "each a list of two numbers") from None
+    if arr.dtype.kind not in "fiu":
+        raise InvalidCaptureError(f"{field}: IQ values must be numbers, got "
+                                  f"{'booleans' if arr.dtype.kind == 'b' else 'other values'}")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InvalidCaptureError(
+            f"{field}: expected [[I, Q], ...] or [[[I, Q], ...], ...], got {arr.ndim} levels of "
+            "nesting")
+    if arr.shape[-1] != 2:
+        raise InvalidCaptureError(
+            f"{field}: each sample must be an [I, Q] pair, got {arr.shape[-1]} values")
+    floats = arr.astype(np.float32)
+    iq = np.empty(floats.shape[:2], dtype=np.complex64)
+    iq.real, iq.imag = floats[..., 0], floats[..., 1]
+    return _finish(iq, spec, max_samples, field)
+
+
+def decode_iq_b64(text: str, spec: FeatureSpec, max_samples: int,
+                  field: str = "iq_b64") -> np.ndarray:
+    """base64 little-endian complex64 `[channels, samples]` -> canonical capture.
+
+    The sample count is split evenly across the spec's receivers; where a single capture is
+    allowed and the count does not split, it is taken as one capture.
+    """
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidCaptureError(f"{field}: not valid base64") from None
+    if len(raw) == 0 or len(raw) % COMPLEX64_BYTES:
+        raise InvalidCaptureError(
+            f"{field}: {len(raw)} bytes is not a whole, non-zero number of complex64 samples "
+            f"({COMPLEX64_BYTES} bytes each)")
+    flat = np.frombuffer(raw, dtype="<c8")
+    if flat.size % spec.n_channels == 0:
+        iq = flat.reshape(spec.n_channels, -1)
+    elif _single_capture_allowed(spec):
+        iq = flat.reshape(1, -1)
+    else:
+        raise InvalidCaptureError(
+            f"{field}: {flat.size} complex64 samples do not split into {spec.n_channels} "
+            "receiver captures of equal length")
+    return _finish(iq.astype(np.complex64, copy=False), spec, max_samples, field)
+
+
+def encode_capture(capture: np.ndarray) -> str:
+    """Canonical capture -> base64 (the form a capture travels in to the batched method)."""
+    return base64.b64encode(np.ascontiguousarray(capture, dtype="<c8").tobytes()).decode("ascii")
+
+
+def decode_capture(text: str, channels: int) -> np.ndarray:
+    """Inverse of `encode_capture` for captures this service already validated."""
+    return np.frombuffer(base64.b64decode(text), dtype="<c8").reshape(channels, -1)

@@ -1,0 +1,137 @@
+"""The model at serving time: an onnxruntime session plus the feature spec it was trained with.
+
+Framework-free (no BentoML import) so the in-process benchmark and the tests drive exactly the
+code the service runs.  Loading refuses a model whose `model.onnx` does not match the sha256
+recorded at import, so a corrupted or swapped file never serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from utils.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
+from utils.model_contract import (
+    CONFIDENCE,
+    INPUT_NAME,
+    MODEL_FILENAME,
+    POSITIONS,
+    UNCERTAINTIES,
+    load_feature_spec,
+    sha256_file,
+)
+from utils.preprocessing import preprocess_many
+from utils.synthetic import generate_scenes
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The stored model cannot be served (missing, corrupt, or not the imported bytes)."""
+
+
+@dataclass(frozen=True)
+class RawPredictions:
+    positions: np.ndarray  # [B, 2] lat, lon degrees
+    uncertainties: np.ndarray  # [B, 2|3]
+    confidence: np.ndarray | None  # [B]
+    preprocess_s: float
+    model_s: float
+
+
+def session_options(intra_threads: int, inter_threads: int) -> ort.SessionOptions:
+    """ORT ignores OMP_NUM_THREADS: threads are sized here, per worker."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_threads
+    options.inter_op_num_threads = inter_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def usable_providers(requested: list[str]) -> list[str]:
+    """Requested providers that this onnxruntime build has, CPU always last as the fallback."""
+    available = set(ort.get_available_providers())
+    chosen = [p for p in requested if p in available and p != "CPUExecutionProvider"]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        log.warning("execution providers %s are not available here; using %s", missing,
+                    chosen + ["CPUExecutionProvider"])
+    return chosen + ["CPUExecutionProvider"]
+
+
+def default_intra_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+class ModelRuntime:
+    """Loads, checks and runs one stored model."""
+
+    def __init__(self, model_dir: Path, metadata: dict[str, Any], *, intra_threads: int,
+                 inter_threads: int, providers: list[str]) -> None:
+        model_path = model_dir / MODEL_FILENAME
+        if not model_path.is_file():
+            raise ModelLoadError(f"{model_path} is missing")
+        expected = str(metadata.get("sha256") or "")
+        actual = sha256_file(model_path)
+        if expected and actual != expected:
+            raise ModelLoadError(f"{MODEL_FILENAME} sha256 {actual[:12]} does not match the "
+                                 f"imported {expected[:12]}: the stored file was changed")
+        self.sha256 = actual
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), session_options(intra_threads, inter_threads),
+                providers=usable_providers(providers))
+        except Exception as exc:
+            raise ModelLoadError(f"onnxruntime cannot load {model_path}: "
+                                 f"{str(exc).splitlines()[0][:300]}") from exc
+        self.providers = self.session.get_providers()
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.has_confidence = CONFIDENCE in outputs
+        self.output_names = [POSITIONS, UNCERTAINTIES] + ([CONFIDENCE] if self.has_confidence
+                                                            else [])
+        channels = self.session.get_inputs()[0].shape[1]
+        self.spec, self.spec_source, self.warnings = self._spec(model_dir, metadata, channels)
+
+    @staticmethod
+    def _spec(model_dir: Path, metadata: dict[str, Any], channels: object
+              ) -> tuple[FeatureSpec, str, list[str]]:
+        if metadata.get("feature_spec") and metadata.get("feature_spec_source") != "defaults":
+            return FeatureSpec.model_validate(metadata["feature_spec"]), "artifact", []
+        if (model_dir / FEATURE_SPEC_FILENAME).exists():
+            spec, source, warnings = load_feature_spec(model_dir, None)
+            return spec, source, warnings
+        return load_feature_spec(model_dir, channels if isinstance(channels, int) else None)
+
+    def predict(self, captures: list[np.ndarray]) -> RawPredictions:
+        """Canonical captures -> model outputs, preprocessing and ONNX over the whole batch."""
+        started = time.perf_counter()
+        mel = preprocess_many(captures, self.spec)
+        prepared = time.perf_counter()
+        outputs = self.session.run(self.output_names, {INPUT_NAME: mel})
+        finished = time.perf_counter()
+        confidence = None
+        if self.has_confidence:
+            confidence = np.asarray(outputs[2], dtype=np.float64).reshape(len(captures))
+        return RawPredictions(
+            positions=np.asarray(outputs[0], dtype=np.float64),
+            uncertainties=np.asarray(outputs[1], dtype=np.float64),
+            confidence=confidence,
+            preprocess_s=prepared - started,
+            model_s=finished - prepared,
+        )
+
+    def warm_up(self) -> None:
+        """One inference on synthetic scenes: readiness means this succeeded."""
+        scenes = generate_scenes(2, seed=1, spec=self.spec)
+        out = self.predict(list(scenes.iq))
+        if not (np.isfinite(out.positions).all() and np.isfinite(out.uncertainties).all()):
+            raise ModelLoadError("warm-up inference produced non-finite outputs")

@@ -1,0 +1,55 @@
+"""Service metrics with `prometheus_client` (bentoml.metrics is deprecated).
+
+BentoML runs its workers in Prometheus multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`) and
+aggregates them on `/metrics`; values read back for `/model/info` go through the same
+aggregation (`MultiProcessCollector`) so every worker reports service-wide figures, using only
+the public `get_sample_value` API.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+PREFIX = "rfloc"
+
+PREDICTIONS = Counter(f"{PREFIX}_predictions", "Predictions served, by endpoint",
+                      ["endpoint"])
+INFERENCE_SECONDS = Histogram(
+    f"{PREFIX}_inference_seconds", "Preprocessing + model time per batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+STAGE_SECONDS = Histogram(
+    f"{PREFIX}_stage_seconds", "Time spent per request or batch, by stage", ["stage"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+ERRORS = Counter(f"{PREFIX}_errors", "Rejected or failed requests, by type", ["type"])
+MODEL_INFO = Gauge(f"{PREFIX}_model_info", "The served model (value 1)",
+                   ["name", "version", "sha256", "bento_tag"], multiprocess_mode="max")
+
+
+def _registry() -> CollectorRegistry:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """A metric sample summed over all workers (0.0 when never observed)."""
+    return float(_registry().get_sample_value(name, labels or {}) or 0.0)
+
+
+def inference_stats() -> tuple[int, float | None]:
+    """(predictions served, mean preprocessing + model milliseconds per batch)."""
+    registry = _registry()
+    served = sum(float(registry.get_sample_value(f"{PREFIX}_predictions_total",
+                                                 {"endpoint": e}) or 0.0)
+                 for e in ("predict", "predict_batch"))
+    count = float(registry.get_sample_value(f"{PREFIX}_inference_seconds_count") or 0.0)
+    total = float(registry.get_sample_value(f"{PREFIX}_inference_seconds_sum") or 0.0)
+    return int(served), (1000.0 * total / count if count else None)

@@ -1,0 +1,137 @@
+"""Request and response models of the HTTP API (SPEC §4): field names are the contract.
+
+`iq_data` is validated as a plain JSON list and converted by numpy (`utils.decoding`): letting
+pydantic walk tens of thousands of `[I, Q]` pairs through a union of nested list types costs
+more than the model itself.  Its OpenAPI schema still states the exact shape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+from utils.uncertainty import MAX_POINTS, MIN_POINTS
+
+_PAIR = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+_CAPTURE = {"type": "array", "items": _PAIR, "description": "one receiver: [[I, Q], ...]"}
+IQ_DATA_SCHEMA: dict[str, Any] = {
+    "description": "IQ as [[I, Q], ...] (one receiver) or [[[I, Q], ...], ...] (one capture "
+                   "per receiver, in the feature spec's receiver order)",
+    "oneOf": [_CAPTURE, {"type": "array", "items": _CAPTURE}],
+}
+
+IQData = Annotated[list[Any], WithJsonSchema(IQ_DATA_SCHEMA)]
+IQBase64 = Annotated[str, Field(
+    min_length=1,
+    description="base64 of little-endian complex64 samples, shape [channels, samples] row-major",
+)]
+Confidence = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
+
+
+class PredictOptions(BaseModel):
+    """Options shared by `/predict` and `/predict_batch`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str | None = Field(default=None, max_length=256, description="echoed back")
+    cache_enabled: bool = True
+    confidence_level: Confidence = Field(default=0.95, description="probability of the ellipse")
+    include_geojson: bool = False
+
+
+class PredictRequest(PredictOptions):
+    iq_data: IQData | None = None
+    iq_b64: IQBase64 | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_encoding(self) -> PredictRequest:
+        if (self.iq_data is None) == (self.iq_b64 is None):
+            raise ValueError("give exactly one of iq_data and iq_b64")
+        return self
+
+
+class PredictBatchRequest(PredictOptions):
+    iq_samples: list[IQData] | None = Field(default=None, min_length=1)
+    iq_b64_samples: list[IQBase64] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one_encoding(self) -> PredictBatchRequest:
+        if (self.iq_samples is None) == (self.iq_b64_samples is None):
+            raise ValueError("give exactly one of iq_samples and iq_b64_samples")
+        return self
+
+
+class Position(BaseModel):
+    latitude: float
+    longitude: float
+
+
+class Uncertainty(BaseModel):
+    sigma_x: float = Field(description="1-sigma east error, metres")
+    sigma_y: float = Field(description="1-sigma north error, metres")
+    rho: float = Field(description="correlation of the east and north errors")
+    theta: float = Field(description="bearing of the semi-major axis, degrees clockwise from "
+                                     "true north, in [0, 180)")
+    confidence_interval: float = Field(description="probability held by the 1-sigma ellipse "
+                                                   "(0.393)")
+
+
+class Ellipse(BaseModel):
+    semi_major_m: float
+    semi_minor_m: float
+    orientation_deg: float
+    area_m2: float
+    confidence_level: float
+    geojson: dict[str, Any] | None = Field(default=None, description="RFC 7946 Feature")
+
+
+class PredictionResponse(BaseModel):
+    position: Position
+    uncertainty: Uncertainty
+    ellipse: Ellipse
+    confidence: float | None = Field(description="model confidence in [0, 1], null when the "
+                                                 "model has no confidence output")
+    model_version: str
+    inference_time_ms: float
+    cache_hit: bool
+    session_id: str | None
+    timestamp: str = Field(description="ISO 8601, UTC")
+
+
+class BatchPredictionResponse(BaseModel):
+    predictions: list[PredictionResponse]
+    total_time_ms: float
+    samples_per_second: float
+
+
+class EllipseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    latitude: float = Field(ge=-90.0, le=90.0, allow_inf_nan=False)
+    longitude: float = Field(ge=-180.0, le=180.0, allow_inf_nan=False)
+    sigma_x: float = Field(gt=0.0, allow_inf_nan=False, description="1-sigma east, metres")
+    sigma_y: float = Field(gt=0.0, allow_inf_nan=False, description="1-sigma north, metres")
+    rho: float = Field(default=0.0, gt=-1.0, lt=1.0, allow_inf_nan=False)
+    confidence_level: Confidence = 0.95
+    num_points: int = Field(default=64, ge=MIN_POINTS, le=MAX_POINTS)
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    stage: str | None
+    alias: str | None
+    mlflow_run_id: str | None
+    bento_model_tag: str
+    created_at: str
+    sha256: str
+    feature_spec: dict[str, Any]
+    feature_spec_source: str
+    accuracy_meters: float | None
+    training_samples: int | None
+    last_reloaded: str
+    inference_count: int
+    avg_latency_ms: float | None
+    cache_hit_rate: float | None
+    warnings: list[str]
