@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
+PORT   ?= 3000
 
 .PHONY: serve test bootstrap import install-train install-test clean-registry help
 
@@ -36,8 +37,7 @@ import: bootstrap
 	BENTOML_DO_NOT_TRACK=True $(PY) import_model.py
 
 serve: import
-	@echo "The model is imported into the BentoML store. The service (step 4) has not landed"
-	@echo "yet: this command stops after the import instead of starting a server."
+	BENTOML_DO_NOT_TRACK=True $(VENV)/bin/bentoml serve service:Localization --port $(PORT)
 
 test: install-test
 	$(PY) -m pytest

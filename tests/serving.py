@@ -1,0 +1,79 @@
+"""Start and stop real `bentoml serve` processes for the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from utils.config import PROJECT_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        return int(self.process.returncode)
+
+
+def import_demo_model(bentoml_home: Path, registry_dir: Path) -> str:
+    """Run import_model.py against an embedded registry; returns the BentoML tag."""
+    done = subprocess.run(
+        [sys.executable, "import_model.py"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        timeout=300, env={**os.environ, "BENTOML_HOME": str(bentoml_home),
+                          "LOCAL_REGISTRY_DIR": str(registry_dir), "BENTOML_DO_NOT_TRACK": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def start_server(bentoml_home: Path, log_path: Path, env: dict[str, str] | None = None,
+                 target: str = "service:Localization", cwd: Path = PROJECT_ROOT,
+                 python: str = sys.executable, ready_timeout: float = 180.0) -> Server:
+    port = free_port()
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [python, "-m", "bentoml", "serve", target, "--port", str(port), "--host", "127.0.0.1"],
+        cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "1",
+             **(env or {})},
+    )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"bentoml serve not ready in {ready_timeout} s:\n{server.log()}")

@@ -1,0 +1,280 @@
+"""The service over real HTTP: a `bentoml serve` subprocess on the imported demo model."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+
+from tests.serving import Server, import_demo_model, start_server
+from utils.feature_spec import FeatureSpec
+from utils.synthetic import generate_scenes
+from utils.uncertainty import confidence_scale, covariance_ellipse, local_offsets_m
+
+MAX_REQUEST_BYTES = 8_000_000
+
+
+@pytest.fixture(scope="module")
+def server(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    settings, _ = demo_registry
+    home = tmp_path_factory.mktemp("bentoml-home")
+    import_demo_model(home, settings.local_registry_dir)
+    srv = start_server(home, home / "serve.log",
+                       env={"SERVICE_WORKERS": "2", "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)})
+    yield srv
+    assert srv.stop() == 0, srv.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def spec(server: Server) -> FeatureSpec:
+    info = httpx.get(f"{server.url}/model/info", timeout=10).json()
+    return FeatureSpec.model_validate(info["feature_spec"])
+
+
+def b64(capture: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(capture, dtype="<c8").tobytes()).decode()
+
+
+def pairs(capture: np.ndarray) -> list:
+    return np.stack([capture.real, capture.imag], axis=-1).tolist()
+
+
+def post(server: Server, path: str, body: object, timeout: float = 60) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{server.url}{path}", content=content, timeout=timeout,
+                      headers={"content-type": "application/json"})
+
+
+def test_predict_with_both_encodings(server: Server, spec: FeatureSpec) -> None:
+    capture = generate_scenes(1, seed=321, spec=spec).iq[0]
+    by_pairs = post(server, "/predict", {"iq_data": pairs(capture), "session_id": "op-7"})
+    by_b64 = post(server, "/predict", {"iq_b64": b64(capture)})
+    assert by_pairs.status_code == 200 and by_b64.status_code == 200, by_pairs.text
+    a, b = by_pairs.json(), by_b64.json()
+    assert a["position"] == b["position"] and a["uncertainty"] == b["uncertainty"]
+    assert a["session_id"] == "op-7" and b["session_id"] is None
+    assert a["confidence"] is None  # the demo model has no confidence output
+    assert a["cache_hit"] is False and a["model_version"].startswith("1+")
+    u, e = a["uncertainty"], a["ellipse"]
+    assert u["confidence_interval"] == pytest.approx(0.3935, abs=1e-4)
+    assert u["theta"] == e["orientation_deg"] and 0 <= u["theta"] < 180
+    assert e["confidence_level"] == 0.95 and e["geojson"] is None
+    ref = covariance_ellipse(u["sigma_x"], u["sigma_y"], u["rho"], 0.95)
+    assert e["semi_major_m"] == pytest.approx(ref.semi_major_m)
+    assert a["inference_time_ms"] > 0 and a["timestamp"].endswith("Z")
+
+
+def test_geojson_and_confidence_level(server: Server, spec: FeatureSpec) -> None:
+    capture = generate_scenes(1, seed=322, spec=spec).iq[0]
+    r = post(server, "/predict", {"iq_b64": b64(capture), "include_geojson": True,
+                                  "confidence_level": 0.5}).json()
+    assert r["ellipse"]["confidence_level"] == 0.5
+    assert r["ellipse"]["semi_major_m"] == pytest.approx(
+        covariance_ellipse(r["uncertainty"]["sigma_x"], r["uncertainty"]["sigma_y"],
+                           r["uncertainty"]["rho"], 0.5).semi_major_m)
+    feature = r["ellipse"]["geojson"]
+    assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+    ring = feature["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == 65
+
+
+def test_batch_equals_singles_in_order(server: Server, spec: FeatureSpec) -> None:
+    captures = generate_scenes(6, seed=400, spec=spec).iq
+    batch = post(server, "/predict_batch", {"iq_samples": [pairs(c) for c in captures[:3]] })
+    assert batch.status_code == 200, batch.text
+    b64_batch = post(server, "/predict_batch", {"iq_b64_samples": [b64(c) for c in captures],
+                                                "session_id": "s"}).json()
+    assert len(b64_batch["predictions"]) == 6 and b64_batch["samples_per_second"] > 0
+    for i, capture in enumerate(captures):
+        single = post(server, "/predict", {"iq_b64": b64(capture)}).json()
+        got = b64_batch["predictions"][i]
+        assert got["session_id"] == "s"
+        for key in ("latitude", "longitude"):
+            assert got["position"][key] == pytest.approx(single["position"][key], abs=1e-4)
+        assert got["uncertainty"]["sigma_x"] == pytest.approx(single["uncertainty"]["sigma_x"],
+                                                              rel=1e-4)
+        if i < 3:
+            assert batch.json()["predictions"][i]["position"] == pytest.approx(got["position"])
+
+
+def test_predictions_are_calibrated_on_known_scenes(server: Server, spec: FeatureSpec,
+                                                    report: list[str]) -> None:
+    scenes = generate_scenes(300, seed=2024, spec=spec)
+    predictions = []
+    for start in range(0, 300, 12):  # 12 x 338 kB stays under the test's 8 MB body limit
+        r = post(server, "/predict_batch",
+                 {"iq_b64_samples": [b64(c) for c in scenes.iq[start:start + 12]]})
+        assert r.status_code == 200, r.text
+        predictions += r.json()["predictions"]
+    inside = []
+    errors = []
+    for p, lat, lon in zip(predictions, scenes.tx_latitude, scenes.tx_longitude, strict=True):
+        east, north = local_offsets_m(lat, lon, p["position"]["latitude"],
+                                      p["position"]["longitude"])
+        e = p["ellipse"]
+        phi = math.radians(e["orientation_deg"])
+        along = east * math.sin(phi) + north * math.cos(phi)
+        across = -east * math.cos(phi) + north * math.sin(phi)
+        inside.append((along / e["semi_major_m"]) ** 2 + (across / e["semi_minor_m"]) ** 2 <= 1)
+        errors.append(math.hypot(east, north))
+    share = float(np.mean(inside))
+    report.append(f"service: {len(inside)} known scenes, 95% ellipses hold {share:.3f}, "
+                  f"median error {np.median(errors) / 1000:.1f} km")
+    assert 0.90 <= share <= 0.98
+    assert confidence_scale(0.95) == pytest.approx(2.4477, abs=1e-4)
+
+
+def _batch_sizes(server: Server) -> tuple[float, float]:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if 'method_name="infer"' not in line:
+            continue
+        if line.startswith("bentoml_service_adaptive_batch_size_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        if line.startswith("bentoml_service_adaptive_batch_size_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def test_concurrent_requests_are_batched(server: Server, spec: FeatureSpec,
+                                         report: list[str]) -> None:
+    bodies = [json.dumps({"iq_b64": b64(c)}).encode()
+              for c in generate_scenes(16, seed=77, spec=spec).iq]
+    total0, count0 = _batch_sizes(server)
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        statuses = list(pool.map(lambda i: post(server, "/predict", bodies[i % 16]).status_code,
+                                 range(192)))
+    assert statuses == [200] * 192
+    total1, count1 = _batch_sizes(server)
+    batches, items = count1 - count0, total1 - total0
+    report.append(f"service: 192 concurrent /predict calls ran as {batches:.0f} batches "
+                  f"(mean size {items / batches:.1f})")
+    assert items >= 192 and batches < items, "some batch held more than one request"
+
+
+def test_ellipse_endpoint(server: Server) -> None:
+    r = post(server, "/ellipse", {"latitude": 45.07, "longitude": 7.69, "sigma_x": 300.0,
+                                  "sigma_y": 100.0, "rho": 0.0, "num_points": 32})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["orientation_deg"] == pytest.approx(90.0)
+    assert body["semi_major_m"] == pytest.approx(300 * 2.4477, rel=1e-4)
+    ring = body["geojson"]["geometry"]["coordinates"][0]
+    assert len(ring) == 33 and ring[0] == ring[-1]
+    assert body["geojson"]["properties"]["confidence_level"] == 0.95
+
+
+def test_model_info(server: Server) -> None:
+    got = httpx.get(f"{server.url}/model/info", timeout=10)
+    posted = post(server, "/model/info", {})
+    assert got.status_code == 200 and posted.status_code == 200
+    info = got.json()
+    for key in ("name", "version", "stage", "mlflow_run_id", "bento_model_tag", "created_at",
+                "sha256", "feature_spec", "accuracy_meters", "training_samples", "last_reloaded",
+                "inference_count", "avg_latency_ms", "cache_hit_rate"):
+        assert key in info
+    assert info["name"] == "localization_model" and info["version"] == "1"
+    assert info["stage"] == "Production" and len(info["sha256"]) == 64
+    assert info["bento_model_tag"].startswith("localization_model:")
+    assert [r["name"] for r in info["feature_spec"]["receivers"]][0] == "Torino"
+    assert info["accuracy_meters"] > 1000 and info["training_samples"] > 5000
+    assert info["inference_count"] >= 0
+
+
+def test_health_docs_and_ui(server: Server) -> None:
+    assert httpx.get(f"{server.url}/livez", timeout=5).status_code == 200
+    assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+    ui = httpx.get(f"{server.url}/", timeout=5)
+    assert ui.status_code == 200 and "swagger" in ui.text.lower()
+    doc = httpx.get(f"{server.url}/docs.json", timeout=5).json()
+    assert doc["openapi"].startswith("3.")
+    for path in ("/predict", "/predict_batch", "/ellipse", "/model/info"):
+        assert "post" in doc["paths"][path]
+    request_schema = json.dumps(doc)
+    for field in ("iq_data", "iq_b64", "session_id", "cache_enabled", "confidence_level",
+                  "include_geojson", "iq_samples", "iq_b64_samples", "num_points"):
+        assert field in request_schema
+
+
+def test_python_client(server: Server, spec: FeatureSpec) -> None:
+    capture = generate_scenes(1, seed=5, spec=spec).iq[0]
+    with bentoml.SyncHTTPClient(server.url) as client:
+        result = client.predict(iq_b64=b64(capture), session_id="py")
+        assert result["session_id"] == "py" and "position" in result
+        ellipse = client.ellipse(latitude=45.0, longitude=7.0, sigma_x=10.0, sigma_y=10.0)
+        assert ellipse["orientation_deg"] == 0.0
+
+
+def _good(spec: FeatureSpec) -> np.ndarray:
+    return generate_scenes(1, seed=8, spec=spec).iq[0]
+
+
+def _bad_cases(spec: FeatureSpec) -> list[tuple[str, str, object, int, str]]:
+    good = _good(spec)
+    nan = good.copy()
+    nan[2, 10] = complex(np.nan, 0)
+    long = np.ones((5, 65_537), np.complex64)
+    return [
+        ("both encodings", "/predict", {"iq_b64": b64(good), "iq_data": pairs(good)}, 400,
+         "exactly one of iq_data and iq_b64"),
+        ("no encoding", "/predict", {"session_id": "x"}, 400, "exactly one of iq_data"),
+        ("four levels", "/predict", {"iq_data": [pairs(good)]}, 400, "4 levels of nesting"),
+        ("triplets", "/predict", {"iq_data": [[[1, 2, 3]] * 600] * 5}, 400, "[I, Q] pair"),
+        ("three receivers", "/predict", {"iq_data": pairs(good[:3])}, 400,
+         "expected 5 receiver captures"),
+        ("too short", "/predict", {"iq_b64": b64(good[:, :100])}, 400,
+         "100 samples per receiver, at least 512"),
+        ("too long", "/predict", {"iq_b64": b64(long)}, 400, "at most 65536"),
+        ("NaN", "/predict", {"iq_b64": b64(nan)}, 400, "NaN or infinite"),
+        ("bad base64", "/predict", {"iq_b64": "not*base64"}, 400, "iq_b64: not valid base64"),
+        ("odd bytes", "/predict", {"iq_b64": base64.b64encode(b"\0" * 12).decode()}, 400,
+         "not a whole, non-zero number of complex64"),
+        ("no split", "/predict", {"iq_b64": b64(np.ones(5 * 600 + 1, np.complex64))}, 400,
+         "do not split into 5"),
+        ("strings", "/predict", {"iq_data": [[["a", "b"]] * 600] * 5}, 400, "must be numbers"),
+        ("booleans", "/predict", {"iq_data": [[[True, False]] * 600] * 5}, 400,
+         "must be numbers"),
+        ("ragged", "/predict", {"iq_data": [[[1, 2]] * 600, [[1, 2]] * 601] + [[[1, 2]] * 600] * 3},
+         400, "ragged"),
+        ("confidence 1.5", "/predict", {"iq_b64": b64(good), "confidence_level": 1.5}, 400,
+         "confidence_level"),
+        ("unknown field", "/predict", {"iq_b64": b64(good), "foo": 1}, 400, "foo"),
+        ("not JSON", "/predict", b"{not json", 400, "Invalid JSON"),
+        ("bad batch item", "/predict_batch",
+         {"iq_b64_samples": [b64(good), b64(good), "###", b64(good)]}, 400,
+         "iq_b64_samples[2]: not valid base64"),
+        ("bad batch pairs", "/predict_batch", {"iq_samples": [pairs(good), pairs(good[:2])]},
+         400, "iq_samples[1]: expected 5 receiver captures"),
+        ("too many items", "/predict_batch", {"iq_b64_samples": ["AAAA"] * 101}, 413,
+         "iq_b64_samples: 101 items, at most 100"),
+        ("empty batch", "/predict_batch", {"iq_b64_samples": []}, 400, "iq_b64_samples"),
+        ("ellipse sigma", "/ellipse", {"latitude": 0, "longitude": 0, "sigma_x": -1,
+                                       "sigma_y": 1}, 400, "sigma_x"),
+        ("ellipse rho", "/ellipse", {"latitude": 0, "longitude": 0, "sigma_x": 1, "sigma_y": 1,
+                                     "rho": 1.0}, 400, "rho"),
+        ("ellipse latitude", "/ellipse", {"latitude": 91, "longitude": 0, "sigma_x": 1,
+                                          "sigma_y": 1}, 400, "latitude"),
+        ("ellipse points", "/ellipse", {"latitude": 0, "longitude": 0, "sigma_x": 1,
+                                        "sigma_y": 1, "num_points": 2}, 400, "num_points"),
+        ("body too large", "/predict", b'{"iq_b64": "' + b"A" * MAX_REQUEST_BYTES + b'"}', 413,
+         "request body too large"),
+    ]
+
+
+def test_bad_input_matrix(server: Server, spec: FeatureSpec) -> None:
+    failures = []
+    for name, path, body, status, message in _bad_cases(spec):
+        r = post(server, path, body)
+        if r.status_code != status or message not in r.text:
+            failures.append(f"{name}: {r.status_code} {r.text[:200]}")
+    assert not failures, "\n".join(failures)
+    # and the service is still healthy and correct afterwards
+    assert post(server, "/predict", {"iq_b64": b64(_good(spec))}).status_code == 200
