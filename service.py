@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 
 from utils import metrics  # noqa: E402
+from utils.cache import cache_key, decode_value, encode_value, make_cache  # noqa: E402
 from utils.config import get_settings  # noqa: E402
 from utils.decoding import decode_capture, decode_iq_b64, decode_iq_data, encode_capture  # noqa: E402
 from utils.geojson import ellipse_feature  # noqa: E402
@@ -89,6 +90,8 @@ class Localization:
         self.model_version = f"{meta.get('mlflow_version', stored.tag.version)}+" \
                              f"{self.runtime.sha256[:12]}"
         self.loaded_at = utc_now()
+        self.cache = make_cache(settings.redis_url, settings.cache_ttl_seconds,
+                                settings.cache_max_entries, settings.redis_timeout_ms)
         self.ready = False
         self.runtime.warm_up()
         self.ready = True
@@ -97,7 +100,8 @@ class Localization:
                                   self.tag).set(1)
         for warning in self.runtime.warnings:
             log.warning(warning)
-        log.info("serving %s (%s) with %s", self.tag, self.model_version, self.runtime.providers)
+        log.info("serving %s (%s) with %s, %s cache", self.tag, self.model_version,
+                 self.runtime.providers, self.cache.backend)
 
     def __is_ready__(self) -> bool:
         """Ready once the session is loaded and the warm-up inference succeeded."""
@@ -124,6 +128,7 @@ class Localization:
         raw = self.runtime.predict(good) if good else None
         if raw is not None:
             metrics.INFERENCE_SECONDS.observe(raw.preprocess_s + raw.model_s)
+            metrics.MODEL_INFERENCES.inc(len(good))
             metrics.STAGE_SECONDS.labels("preprocess").observe(raw.preprocess_s)
             metrics.STAGE_SECONDS.labels("model").observe(raw.model_s)
         j = 0
@@ -142,6 +147,16 @@ class Localization:
             j += 1
         return results
 
+    # --- lifecycle -------------------------------------------------------------------------
+    @bentoml.on_startup
+    async def _open_cache(self) -> None:
+        """Each worker builds its own Redis pool on its own event loop."""
+        await self.cache.start()
+
+    @bentoml.on_shutdown
+    async def _close_cache(self) -> None:
+        await self.cache.close()
+
     # --- public API -----------------------------------------------------------------------
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(self, **request: Any) -> PredictionResponse:
@@ -158,9 +173,9 @@ class Localization:
             metrics.ERRORS.labels("invalid_input").inc()
             return bad_request(str(exc))  # type: ignore[return-value]
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
-        (result,) = await self.to_async.infer([encode_capture(capture)])
-        response = self._responses([result], req, started)[0]
+        (response,) = await self._predict_captures([capture], req, started)
         metrics.PREDICTIONS.labels("predict").inc()
+        metrics.REQUEST_SECONDS.labels("predict").observe(time.perf_counter() - started)
         return response
 
     @bentoml.api(route="/predict_batch", input_spec=PredictBatchRequest)
@@ -175,27 +190,68 @@ class Localization:
             return bad_request(f"{field}: {len(items)} items, at most "  # type: ignore[return-value]
                                f"{settings.max_batch_items} per request", 413)
         try:
-            encoded = await anyio.to_thread.run_sync(self._encode_items, items, field)
+            captures = await anyio.to_thread.run_sync(self._decode_items, items, field)
         except InvalidCaptureError as exc:
             metrics.ERRORS.labels("invalid_input").inc()
             return bad_request(str(exc))  # type: ignore[return-value]
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
-        results = await self.to_async.infer(encoded)
-        predictions = self._responses(results, req, started)
+        predictions = await self._predict_captures(captures, req, started)
         elapsed = time.perf_counter() - started
         metrics.PREDICTIONS.labels("predict_batch").inc(len(predictions))
+        metrics.REQUEST_SECONDS.labels("predict_batch").observe(elapsed)
         return BatchPredictionResponse(
             predictions=predictions, total_time_ms=1000.0 * elapsed,
             samples_per_second=len(predictions) / elapsed if elapsed > 0 else 0.0)
 
-    def _encode_items(self, items: list[Any], field: str) -> list[str]:
-        """Validate every batch item (errors name `field[index]`) into canonical base64."""
+    def _decode_items(self, items: list[Any], field: str) -> list[np.ndarray]:
+        """Validate every batch item; errors name `field[index]`."""
         decode = decode_iq_b64 if field == "iq_b64_samples" else decode_iq_data
-        return [encode_capture(decode(item, self.spec, settings.max_samples_per_capture,
-                                      f"{field}[{index}]"))
+        return [decode(item, self.spec, settings.max_samples_per_capture, f"{field}[{index}]")
                 for index, item in enumerate(items)]
 
-    def _responses(self, results: list[dict[str, Any]], req: PredictRequest | PredictBatchRequest,
+    async def _predict_captures(self, captures: list[np.ndarray],
+                                req: PredictRequest | PredictBatchRequest,
+                                started: float) -> list[PredictionResponse]:
+        """Cache lookup, batched inference of the misses, cache fill; request order kept."""
+        keys: list[str] = []
+        cached: list[bytes | None] = [None] * len(captures)
+        if req.cache_enabled:
+            keys = [cache_key(settings.cache_key_prefix, self.runtime.sha256, c.tobytes(),
+                              req.confidence_level, req.include_geojson) for c in captures]
+            cached = await self.cache.get_many(keys)
+        else:
+            metrics.CACHE_BYPASS.inc(len(captures))
+        out: list[PredictionResponse | None] = [None] * len(captures)
+        for i, raw in enumerate(cached):
+            if raw is None:
+                continue
+            try:
+                out[i] = PredictionResponse(**decode_value(raw), cache_hit=True,
+                                            session_id=req.session_id, timestamp=utc_now(),
+                                            inference_time_ms=0.0)
+            except (ValueError, TypeError):  # garbage in the cache: a miss, and counted
+                metrics.CACHE_ERRORS.labels("decode").inc()
+        misses = [i for i, r in enumerate(out) if r is None]
+        if req.cache_enabled:
+            metrics.CACHE_HITS.inc(len(captures) - len(misses))
+            metrics.CACHE_MISSES.inc(len(misses))
+        if misses:
+            results = await self.to_async.infer([encode_capture(captures[i]) for i in misses])
+            fresh = self._responses(results, req, started)
+            for i, response in zip(misses, fresh, strict=True):
+                out[i] = response
+            if req.cache_enabled:
+                await self.cache.set_many([(keys[i], encode_value(out[i].model_dump(mode="json")))
+                                           for i in misses if out[i] is not None])
+        elapsed_ms = 1000.0 * (time.perf_counter() - started)
+        final = [r for r in out if r is not None]
+        for response in final:
+            if response.cache_hit:
+                response.inference_time_ms = elapsed_ms
+        return final
+
+    def _responses(self, results: list[dict[str, Any]],
+                   req: PredictRequest | PredictBatchRequest,
                    started: float) -> list[PredictionResponse]:
         if any("error" in r for r in results):  # cannot happen for captures decoded above
             metrics.ERRORS.labels("internal").inc()
@@ -233,7 +289,7 @@ class Localization:
         """The served model: registry origin, feature spec, training figures, live counters."""
         meta = self.meta
         training = meta.get("metrics") or {}
-        count, avg_ms = metrics.inference_stats()
+        count, avg_ms, hit_rate = metrics.service_stats()
         return ModelInfo(
             name=str(meta.get("registered_name", self.info.tag.name)),
             version=str(meta.get("mlflow_version", self.info.tag.version)),
@@ -251,7 +307,7 @@ class Localization:
             last_reloaded=self.loaded_at,
             inference_count=count,
             avg_latency_ms=avg_ms,
-            cache_hit_rate=None,
+            cache_hit_rate=hit_rate,
             warnings=list(self.runtime.warnings),
         )
 

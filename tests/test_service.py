@@ -146,7 +146,7 @@ def _batch_sizes(server: Server) -> tuple[float, float]:
 
 def test_concurrent_requests_are_batched(server: Server, spec: FeatureSpec,
                                          report: list[str]) -> None:
-    bodies = [json.dumps({"iq_b64": b64(c)}).encode()
+    bodies = [json.dumps({"iq_b64": b64(c), "cache_enabled": False}).encode()
               for c in generate_scenes(16, seed=77, spec=spec).iq]
     total0, count0 = _batch_sizes(server)
     with ThreadPoolExecutor(max_workers=32) as pool:

@@ -25,7 +25,18 @@ STAGE_SECONDS = Histogram(
     f"{PREFIX}_stage_seconds", "Time spent per request or batch, by stage", ["stage"],
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+REQUEST_SECONDS = Histogram(
+    f"{PREFIX}_request_seconds", "Handler time of prediction requests, by endpoint",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+MODEL_INFERENCES = Counter(f"{PREFIX}_model_inferences", "Samples run through the model")
 ERRORS = Counter(f"{PREFIX}_errors", "Rejected or failed requests, by type", ["type"])
+CACHE_HITS = Counter(f"{PREFIX}_cache_hits", "Prediction cache hits")
+CACHE_MISSES = Counter(f"{PREFIX}_cache_misses", "Prediction cache misses")
+CACHE_BYPASS = Counter(f"{PREFIX}_cache_bypass", "Predictions asked with cache_enabled=false")
+CACHE_ERRORS = Counter(f"{PREFIX}_cache_errors", "Cache backend failures (served uncached)",
+                       ["op"])
 MODEL_INFO = Gauge(f"{PREFIX}_model_info", "The served model (value 1)",
                    ["name", "version", "sha256", "bento_tag"], multiprocess_mode="max")
 
@@ -44,12 +55,16 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return float(_registry().get_sample_value(name, labels or {}) or 0.0)
 
 
-def inference_stats() -> tuple[int, float | None]:
-    """(predictions served, mean preprocessing + model milliseconds per batch)."""
+def service_stats() -> tuple[int, float | None, float | None]:
+    """(samples run through the model, mean /predict latency ms, cache hit rate)."""
     registry = _registry()
-    served = sum(float(registry.get_sample_value(f"{PREFIX}_predictions_total",
-                                                 {"endpoint": e}) or 0.0)
-                 for e in ("predict", "predict_batch"))
-    count = float(registry.get_sample_value(f"{PREFIX}_inference_seconds_count") or 0.0)
-    total = float(registry.get_sample_value(f"{PREFIX}_inference_seconds_sum") or 0.0)
-    return int(served), (1000.0 * total / count if count else None)
+
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        return float(registry.get_sample_value(name, labels or {}) or 0.0)
+
+    inferences = int(value(f"{PREFIX}_model_inferences_total"))
+    count = value(f"{PREFIX}_request_seconds_count", {"endpoint": "predict"})
+    total = value(f"{PREFIX}_request_seconds_sum", {"endpoint": "predict"})
+    hits, misses = value(f"{PREFIX}_cache_hits_total"), value(f"{PREFIX}_cache_misses_total")
+    return (inferences, 1000.0 * total / count if count else None,
+            hits / (hits + misses) if hits + misses else None)

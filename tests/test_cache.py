@@ -1,0 +1,332 @@
+"""Prediction cache and service metrics: real Redis servers, real `bentoml serve` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from tests.conftest import make_settings
+from tests.model_factory import register_onnx_model, toy_model
+from tests.serving import Server, free_port, import_demo_model, start_server
+from utils.cache import LRUCache, RedisCache, cache_key, decode_value, encode_value
+from utils.feature_spec import FeatureSpec
+from utils.synthetic import generate_scenes
+
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+TIMING_FIELDS = ("inference_time_ms", "timestamp", "cache_hit")
+
+
+def body_of(capture: np.ndarray, **options: object) -> dict:
+    return {"iq_b64": base64.b64encode(capture.astype("<c8").tobytes()).decode(), **options}
+
+
+def post(server: Server, body: dict, path: str = "/predict", timeout: float = 30) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", json=body, timeout=timeout)
+
+
+def metric(server: Server, name: str, labels: str = "") -> float:
+    total = 0.0
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name) and (not labels or labels in line):
+            head = line.split(" ")[0]
+            if head == name or head.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# --- framework-free -------------------------------------------------------------------------
+
+def test_keys_change_with_model_options_and_samples() -> None:
+    base = cache_key("p", "a" * 64, b"samples", 0.95, False)
+    assert base.startswith("p:aaaaaaaaaaaa:")
+    assert cache_key("p", "b" * 64, b"samples", 0.95, False) != base
+    assert cache_key("p", "a" * 64, b"samples!", 0.95, False) != base
+    assert cache_key("p", "a" * 64, b"samples", 0.5, False) != base
+    assert cache_key("p", "a" * 64, b"samples", 0.95, True) != base
+    assert cache_key("p", "a" * 64, b"samples", 0.95, False) == base
+
+
+def test_values_drop_per_request_fields() -> None:
+    response = {"position": {"latitude": 1.0}, "ellipse": {}, "inference_time_ms": 3.0,
+                "timestamp": "t", "cache_hit": False, "session_id": "s", "model_version": "1"}
+    value = decode_value(encode_value(response))
+    assert value == {"position": {"latitude": 1.0}, "ellipse": {}, "model_version": "1"}
+    for garbage in (b"not json", b"[1, 2]", b'{"a": 1}'):
+        with pytest.raises(ValueError):
+            decode_value(garbage)
+
+
+def test_lru_is_bounded_and_expires() -> None:
+    async def scenario() -> None:
+        cache = LRUCache(max_entries=2, ttl_s=0.2)
+        await cache.set_many([("a", b"1"), ("b", b"2")])
+        assert await cache.get_many(["a"]) == [b"1"]  # touch a: b is now the oldest
+        await cache.set_many([("c", b"3")])
+        assert await cache.get_many(["a", "b", "c"]) == [b"1", None, b"3"]
+        await asyncio.sleep(0.25)
+        assert await cache.get_many(["a", "c"]) == [None, None]
+
+    asyncio.run(scenario())
+
+
+def test_redis_cache_round_trip_and_ttl() -> None:
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(SHARED_REDIS)
+
+    async def scenario() -> None:
+        cache = RedisCache(SHARED_REDIS, ttl_s=77, timeout_s=0.2)
+        await cache.start()
+        await cache.set_many([(f"{prefix}:k1", b"v1")])
+        assert await cache.get_many([f"{prefix}:k1", f"{prefix}:k2"]) == [b"v1", None]
+        await cache.close()
+
+    try:
+        asyncio.run(scenario())
+        assert 0 < client.ttl(f"{prefix}:k1") <= 77
+    finally:
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+
+
+def test_unreachable_redis_fails_open_fast() -> None:
+    async def scenario() -> float:
+        cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", ttl_s=10, timeout_s=0.1)
+        await cache.start()
+        started = time.perf_counter()
+        assert await cache.get_many(["k"]) == [None]
+        await cache.set_many([("k", b"v")])
+        assert await cache.get_many(["k"]) == [None]  # breaker open: not even tried
+        await cache.close()
+        return time.perf_counter() - started
+
+    assert asyncio.run(scenario()) < 2.0  # hang guard, not a benchmark
+
+
+# --- through the service ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def home(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    settings, _ = demo_registry
+    bentoml_home = tmp_path_factory.mktemp("bentoml-cache")
+    import_demo_model(bentoml_home, settings.local_registry_dir)
+    return bentoml_home
+
+
+@pytest.fixture(scope="module")
+def prefix() -> Iterator[str]:
+    value = f"test-{uuid.uuid4().hex[:8]}"
+    yield value
+    client = redis.Redis.from_url(SHARED_REDIS)
+    for key in client.scan_iter(f"{value}:*"):
+        client.delete(key)
+
+
+@pytest.fixture(scope="module")
+def cached_server(home: Path, prefix: str) -> Iterator[Server]:
+    server = start_server(home, home / "cached.log", env={
+        "REDIS_URL": SHARED_REDIS, "CACHE_KEY_PREFIX": prefix, "CACHE_TTL_SECONDS": "120",
+        "SERVICE_WORKERS": "2"})
+    yield server
+    server.stop()
+
+
+def test_repeat_is_a_hit_with_the_same_answer(cached_server: Server, prefix: str) -> None:
+    capture = generate_scenes(1, seed=901, spec=FeatureSpec()).iq[0]
+    first = post(cached_server, body_of(capture, session_id="a")).json()
+    second = post(cached_server, body_of(capture, session_id="a")).json()
+    assert first["cache_hit"] is False and second["cache_hit"] is True
+    strip = lambda r: {k: v for k, v in r.items() if k not in TIMING_FIELDS}  # noqa: E731
+    assert strip(first) == strip(second)
+    # other options change the answer: a different key, so a miss
+    assert post(cached_server, body_of(capture, confidence_level=0.5)).json()["cache_hit"] is False
+    geo = post(cached_server, body_of(capture, include_geojson=True)).json()
+    assert geo["cache_hit"] is False and geo["ellipse"]["geojson"] is not None
+    assert post(cached_server, body_of(capture, include_geojson=True)).json()["cache_hit"] is True
+    client = redis.Redis.from_url(SHARED_REDIS)
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    assert len(keys) == 3
+    for key in keys:
+        assert 0 < client.ttl(key) <= 120
+
+
+def test_bypass_and_batch_hits(cached_server: Server, prefix: str) -> None:
+    captures = generate_scenes(3, seed=902, spec=FeatureSpec()).iq
+    client = redis.Redis.from_url(SHARED_REDIS)
+    before = len(list(client.scan_iter(f"{prefix}:*")))
+    bypass0 = metric(cached_server, "rfloc_cache_bypass_total")
+    r = post(cached_server, body_of(captures[0], cache_enabled=False)).json()
+    assert r["cache_hit"] is False
+    assert len(list(client.scan_iter(f"{prefix}:*"))) == before  # nothing written
+    assert metric(cached_server, "rfloc_cache_bypass_total") == bypass0 + 1
+    post(cached_server, body_of(captures[1]))  # cache one of the three
+    batch = post(cached_server, {"iq_b64_samples": [body_of(c)["iq_b64"] for c in captures]},
+                 path="/predict_batch").json()
+    assert [p["cache_hit"] for p in batch["predictions"]] == [False, True, False]
+    again = post(cached_server, {"iq_b64_samples": [body_of(c)["iq_b64"] for c in captures]},
+                 path="/predict_batch").json()
+    assert [p["cache_hit"] for p in again["predictions"]] == [True, True, True]
+    assert [p["position"] for p in again["predictions"]] == \
+        [p["position"] for p in batch["predictions"]]
+    off = post(cached_server, {"iq_b64_samples": [body_of(c)["iq_b64"] for c in captures],
+                               "cache_enabled": False}, path="/predict_batch").json()
+    assert [p["cache_hit"] for p in off["predictions"]] == [False, False, False]
+
+
+def test_a_new_model_never_gets_old_answers(cached_server: Server, home: Path, prefix: str,
+                                            tmp_path: Path) -> None:
+    capture = generate_scenes(1, seed=903, spec=FeatureSpec()).iq[0]
+    post(cached_server, body_of(capture))
+    assert post(cached_server, body_of(capture)).json()["cache_hit"] is True
+    # a second model (different bytes) registered and imported next to the first
+    settings = make_settings(tmp_path / "registry")
+    settings.local_registry_dir.mkdir()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    register_onnx_model(client, str(client.create_experiment(
+        "toy", artifact_location=(tmp_path / "art").as_uri())), "localization_model",
+        toy_model(), FeatureSpec(), alias=None)
+    # its own BENTOML_HOME: servers sharing one also share (and reset) the Prometheus
+    # multiprocess folder, which would blank the first server's metrics
+    other_home = tmp_path / "home2"
+    shutil.copytree(home / "models", other_home / "models")
+    tag = import_demo_model(other_home, settings.local_registry_dir)
+    other = start_server(other_home, tmp_path / "other.log", env={
+        "REDIS_URL": SHARED_REDIS, "CACHE_KEY_PREFIX": prefix, "BENTO_MODEL_TAG": tag,
+        "SERVICE_WORKERS": "1"})
+    try:
+        answer = post(other, body_of(capture)).json()
+        assert answer["cache_hit"] is False
+        assert answer["model_version"] != post(cached_server, body_of(capture)).json()[
+            "model_version"]
+        assert post(other, body_of(capture)).json()["cache_hit"] is True
+    finally:
+        other.stop()
+
+
+def test_custom_metrics_with_two_workers(cached_server: Server) -> None:
+    """Counters are aggregated over both workers: a burst's predictions all add up."""
+    body = body_of(generate_scenes(1, seed=904, spec=FeatureSpec()).iq[0], cache_enabled=False)
+    assert post(cached_server, {"iq_b64": "###"}).status_code == 400  # an error to count
+    workers: set[str] = set()
+    for _ in range(3):  # until both workers have served part of a burst
+        before = metric(cached_server, "rfloc_predictions_total", 'endpoint="predict"')
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            codes = list(pool.map(lambda _: post(cached_server, body).status_code, range(48)))
+        assert codes == [200] * 48
+        after = metric(cached_server, "rfloc_predictions_total", 'endpoint="predict"')
+        assert after == before + 48
+        text = httpx.get(f"{cached_server.url}/metrics", timeout=10).text
+        workers = {line.split('worker_index="')[1].split('"')[0] for line in text.splitlines()
+                   if line.startswith("bentoml_service_adaptive_batch_size_count")}
+        if len(workers) == 2:
+            break
+    assert len(workers) == 2
+    for name in ("rfloc_cache_hits_total", "rfloc_cache_misses_total", "rfloc_cache_bypass_total",
+                 "rfloc_model_inferences_total", 'rfloc_stage_seconds_count{stage="decode"}',
+                 'rfloc_stage_seconds_count{stage="preprocess"}',
+                 'rfloc_stage_seconds_count{stage="model"}', "rfloc_model_info{",
+                 "rfloc_request_seconds_bucket", 'rfloc_errors_total{type="invalid_input"}'):
+        assert name in text, name
+    assert 'sha256="' in text and 'version="1"' in text
+    info = httpx.get(f"{cached_server.url}/model/info", timeout=10).json()
+    hits = metric(cached_server, "rfloc_cache_hits_total")
+    misses = metric(cached_server, "rfloc_cache_misses_total")
+    assert info["cache_hit_rate"] == pytest.approx(hits / (hits + misses))
+    assert info["inference_count"] == metric(cached_server, "rfloc_model_inferences_total")
+    assert info["avg_latency_ms"] > 0
+
+
+# --- a private Redis we can kill -------------------------------------------------------------
+
+class PrivateRedis:
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port, self.workdir = port, workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind",
+             "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, sig)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_redis_killed_mid_test_fails_open(home: Path, tmp_path: Path) -> None:
+    port = free_port()
+    private = PrivateRedis(port, tmp_path)
+    private.start()
+    server = start_server(home, tmp_path / "failopen.log", env={
+        "REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_TIMEOUT_MS": "100",
+        "SERVICE_WORKERS": "1"})
+    capture = generate_scenes(1, seed=905, spec=FeatureSpec()).iq[0]
+    try:
+        assert post(server, body_of(capture)).json()["cache_hit"] is False
+        assert post(server, body_of(capture)).json()["cache_hit"] is True
+
+        for fault in ("stop", "kill"):
+            errors0 = metric(server, "rfloc_cache_errors_total")
+            if fault == "stop":
+                private.signal(signal.SIGSTOP)  # slow: accepts nothing, answers nothing
+            else:
+                private.signal(signal.SIGCONT)
+                private.kill()
+            for _ in range(6):
+                started = time.perf_counter()
+                r = post(server, body_of(capture), timeout=10)
+                assert r.status_code == 200 and r.json()["cache_hit"] is False
+                assert time.perf_counter() - started < 5.0  # far inside the client's 10 s
+                time.sleep(0.3)
+            assert metric(server, "rfloc_cache_errors_total") > errors0
+            assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+
+        private.start()  # an empty Redis on the same port: a miss, then hits resume
+        time.sleep(1.2)  # the breaker's cool-down
+        assert post(server, body_of(capture)).json()["cache_hit"] is False
+        assert post(server, body_of(capture)).json()["cache_hit"] is True
+
+        # garbage under our key: served uncached and counted, then overwritten
+        client = redis.Redis(port=port)
+        for key in client.scan_iter("*"):
+            client.set(key, b"\x00garbage")
+        decode0 = metric(server, "rfloc_cache_errors_total", 'op="decode"')
+        assert post(server, body_of(capture)).json()["cache_hit"] is False
+        assert metric(server, "rfloc_cache_errors_total", 'op="decode"') == decode0 + 1
+        assert post(server, body_of(capture)).json()["cache_hit"] is True
+        log = server.log()
+        assert log.count("Redis cache") <= 4, "failures are logged sparingly"
+    finally:
+        server.stop()
+        private.kill()
+
