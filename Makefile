@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: serve test bootstrap import install-train install-test clean-registry help
+.PHONY: serve test bootstrap import bento container-test install-train install-test clean-registry help
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -41,6 +41,12 @@ serve: import
 
 test: install-test
 	$(PY) -m pytest
+
+bento: import
+	BENTOML_DO_NOT_TRACK=True $(VENV)/bin/bentoml build .
+
+container-test: install-train
+	deploy/container-test.sh
 
 clean-registry:
 	rm -rf local_registry

@@ -1,0 +1,92 @@
+"""Deployment files agree with the service: ports, probe paths, variable names, selectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from utils.config import PROJECT_ROOT, Settings
+
+DEPLOY = PROJECT_ROOT / "deploy"
+SERVICE_PORT = 3000  # bentoml serve's default, used by the image's entrypoint
+KNOWN_ROUTES = {"/readyz", "/livez", "/metrics"}
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _k8s() -> dict[tuple[str, str], dict]:
+    found = {}
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in _docs(path):
+            found[(doc["kind"], doc["metadata"]["name"])] = doc
+    return found
+
+
+def _setting_names() -> set[str]:
+    return {name.upper() for name in Settings.model_fields}
+
+
+def _known_variable(name: str) -> bool:
+    return name in _setting_names() or name.startswith("BENTOML_")
+
+
+def test_configmap_and_compose_use_real_setting_names() -> None:
+    objects = _k8s()
+    config = objects[("ConfigMap", "rf-localization-config")]["data"]
+    unknown = [k for k in config if not _known_variable(k)]
+    assert not unknown, unknown
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    env = compose["services"]["localization"]["environment"]
+    assert not [k for k in env if not _known_variable(k)]
+    Settings(_env_file=None, **{k.lower(): v for k, v in config.items()
+                                if k.lower() in Settings.model_fields})  # values validate
+    assert config["REDIS_URL"].startswith("redis://rf-localization-redis:")
+    assert env["REDIS_URL"].startswith("redis://redis:")
+
+
+def test_deployment_probes_ports_and_scrape_annotations() -> None:
+    objects = _k8s()
+    deployment = objects[("Deployment", "rf-localization")]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": SERVICE_PORT}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["path"] in KNOWN_ROUTES
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == SERVICE_PORT
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert container["envFrom"][0]["configMapRef"]["name"] == "rf-localization-config"
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    workers = int(objects[("ConfigMap", "rf-localization-config")]["data"]["SERVICE_WORKERS"])
+    assert workers == int(container["resources"]["limits"]["cpu"])  # one worker per core
+
+
+def test_service_and_hpa_point_at_the_deployment() -> None:
+    objects = _k8s()
+    deployment = objects[("Deployment", "rf-localization")]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = objects[("Service", "rf-localization")]
+    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    hpa = objects[("HorizontalPodAutoscaler", "rf-localization")]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "rf-localization")
+    assert hpa["spec"]["minReplicas"] >= 2
+    redis_service = objects[("Service", "rf-localization-redis")]
+    assert redis_service["spec"]["ports"][0]["port"] == 6379
+
+
+def test_compose_wires_the_stack() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["localization"]["ports"] == [f"{SERVICE_PORT}:{SERVICE_PORT}"]
+    assert "redis" in services["localization"]["depends_on"]
+    assert "/readyz" in " ".join(services["localization"]["healthcheck"]["test"])
+    assert services["mlflow"]["profiles"] == ["registry"]  # import/build time only
