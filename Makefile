@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: serve test bootstrap import bento container-test install-train install-test clean-registry help
+.PHONY: serve test bootstrap import bento container-test load benchmark install-train install-test clean-registry help
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -23,7 +23,7 @@ $(VENV)/.train-installed: requirements/serve.txt requirements/train.txt | $(PY)
 	$(PIP) install --quiet -r requirements/train.txt
 	touch $@
 
-$(VENV)/.test-installed: requirements/serve.txt requirements/train.txt requirements/test.txt | $(PY)
+$(VENV)/.test-installed: requirements/serve.txt requirements/train.txt requirements/load.txt requirements/test.txt | $(PY)
 	$(PIP) install --quiet -r requirements/test.txt
 	touch $@
 
@@ -47,6 +47,20 @@ bento: import
 
 container-test: install-train
 	deploy/container-test.sh
+
+# Load test against a running service: make load URL=http://localhost:3000 USERS=32 DURATION=60s
+URL      ?= http://localhost:3000
+USERS    ?= 32
+DURATION ?= 60s
+load: install-test
+	mkdir -p benchmarks/results
+	$(VENV)/bin/locust -f locustfile.py --headless -u $(USERS) -r $(USERS) -t $(DURATION) \
+	  --host $(URL) --csv benchmarks/results/locust --html benchmarks/results/locust.html \
+	  --only-summary
+
+# Benchmark against the peers (mlflow models serve, a per-request FastAPI server).
+benchmark: import install-test
+	$(PY) -m benchmarks.compare
 
 clean-registry:
 	rm -rf local_registry
