@@ -1,0 +1,375 @@
+"""Benchmark this service against the servers users would pick instead, in one run.
+
+    python -m benchmarks.compare [--concurrency 1,8,32,64] [--workers 2] [--out DIR]
+
+Same machine, same model, same preprocessing, same load generator (`benchmarks/loadgen.py`),
+cache disabled, servers run one at a time:
+
+1. in-process ceiling: decode + preprocessing + onnxruntime over batches, no HTTP, one process
+   per worker (samples/s);
+2. this service (`bentoml serve`, adaptive batching) with `iq_data` and with `iq_b64`;
+3. `mlflow models serve --env-manager local` with a pyfunc wrapping the same ONNX model and
+   preprocessing, same number of workers;
+4. a per-request FastAPI + onnxruntime server without batching (uvicorn, same workers).
+
+Reports requests/s, p50/p95/p99 latency, errors and peak RSS of each server's process tree,
+plus the latency of a cache hit; writes `compare.json` and `compare.md`, and checks the targets
+of the benchmark issue (reported, never asserted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+from benchmarks.loadgen import run_load
+from utils.config import PROJECT_ROOT, get_settings
+from utils.feature_spec import FeatureSpec
+from utils.synthetic import generate_scenes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- model ------------------------------------------------------------------------------------
+
+def import_model_into(home: Path, registry_uri: str | None) -> Path:
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    args = [sys.executable, "import_model.py"]
+    if registry_uri:
+        args += ["--tracking-uri", registry_uri]
+    done = subprocess.run(args, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"import failed: {done.stderr.strip().splitlines()[-1]}")
+    name, version = done.stdout.strip().splitlines()[-1].split(":")
+    return home / "models" / name / version
+
+
+# --- in-process ceiling -------------------------------------------------------------------------
+
+def _ceiling_worker(args: tuple[str, list[str], int, float]) -> tuple[int, float]:
+    model_dir, bodies, batch, seconds = args
+    from benchmarks.baseline_model import load_runtime
+    from utils.decoding import decode_iq_b64
+
+    runtime = load_runtime(Path(model_dir))
+    items = (bodies * (batch // len(bodies) + 1))[:batch]
+    runtime.predict([decode_iq_b64(b, runtime.spec, 65_536) for b in items])  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        runtime.predict([decode_iq_b64(b, runtime.spec, 65_536) for b in items])
+        done += batch
+    return done, time.perf_counter() - started
+
+
+def in_process_ceiling(model_dir: Path, bodies: list[str], batches: list[int], workers: int,
+                       seconds: float) -> list[dict[str, Any]]:
+    rows = []
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        for batch in batches:
+            parts = pool.map(_ceiling_worker,
+                             [(str(model_dir), bodies, batch, seconds)] * workers)
+            rate = sum(n / t for n, t in parts)
+            rows.append({"server": "in-process ceiling", "encoding": "iq_b64", "batch": batch,
+                         "samples_per_s": round(rate, 1)})
+    return rows
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+class PeakRSS:
+    """Samples the RSS of a process tree in a thread; `peak_mb` is the maximum seen."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+@contextmanager
+def server(args: list[str], ready_url: str, env: dict[str, str], log: Path,
+           timeout: float = 240.0) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env={**os.environ, "PATH": path, **env},
+                                stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{args[:4]} exited: {log.read_text()[-2000:]}")
+                try:
+                    if httpx.get(ready_url, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{args[:4]} not ready: {log.read_text()[-2000:]}")
+                time.sleep(0.5)
+            yield proc
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def measure(name: str, encoding: str, url: str, payloads: list[Any], levels: list[int],
+            per_client: int, minimum: int, pid: int) -> list[dict[str, Any]]:
+    rows = []
+    for level in levels:
+        total = max(minimum, level * per_client)
+        with PeakRSS(pid) as rss:
+            result = run_load(url, payloads, level, total)
+        row = {"server": name, "encoding": encoding, **result.summary(),
+               "peak_rss_mb": rss.peak_mb}
+        print(f"  {name:<26} {encoding:<8} c={level:<3} {row['rps']:>7} req/s  "
+              f"p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  errors {row['errors']}",
+              flush=True)
+        rows.append(row)
+    return rows
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def run(levels: list[int], workers: int, per_client: int, minimum: int, scenes: int,
+        ceiling_seconds: float, out: Path | None, registry_uri: str | None,
+        skip: set[str]) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="rfloc-bench-"))
+    home = work / "bentoml"
+    model_dir = import_model_into(home, registry_uri)
+    spec_json = (model_dir / "feature_spec.json")
+    spec = FeatureSpec.model_validate_json(spec_json.read_text()) if spec_json.exists() \
+        else FeatureSpec()
+    iq = generate_scenes(scenes, seed=4242, spec=spec).iq
+    b64 = [base64.b64encode(c.astype("<c8").tobytes()).decode() for c in iq]
+    pairs = [np.stack([c.real, c.imag], axis=-1).tolist() for c in iq[: max(2, scenes // 4)]]
+    rows: list[dict[str, Any]] = []
+    print(f"model {model_dir.parent.name}:{model_dir.name}, {workers} workers, "
+          f"concurrency {levels}", flush=True)
+
+    print("in-process ceiling", flush=True)
+    rows += in_process_ceiling(model_dir, b64, sorted(set([1, 8, 32, 64] + levels)), workers,
+                               ceiling_seconds)
+    for r in rows:
+        print(f"  batch {r['batch']:<3} {r['samples_per_s']:>8} samples/s", flush=True)
+
+    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True",
+           "SERVICE_WORKERS": str(workers)}
+    port = _free_port()
+    cache_hit: dict[str, Any] = {}
+    with server([sys.executable, "-m", "bentoml", "serve", "service:Localization", "--port",
+                 str(port), "--host", "127.0.0.1"], f"http://127.0.0.1:{port}/readyz", env,
+                work / "bentoml.log") as proc:
+        url = f"http://127.0.0.1:{port}/predict"
+        rows += measure("this service (BentoML)", "iq_b64", url,
+                        [{"iq_b64": b, "cache_enabled": False} for b in b64], levels,
+                        per_client, minimum, proc.pid)
+        rows += measure("this service (BentoML)", "iq_data", url,
+                        [{"iq_data": p, "cache_enabled": False} for p in pairs], levels,
+                        per_client, minimum, proc.pid)
+        warm = {"iq_b64": b64[0]}
+        httpx.post(url, json=warm, timeout=30)
+        hit = run_load(url, [warm], 1, max(50, minimum // 2))
+        cache_hit = {"server": "this service (BentoML)", "encoding": "iq_b64 (cache hit)",
+                     **hit.summary()}
+        print(f"  cache hit: p50 {cache_hit['p50_ms']} ms, p99 {cache_hit['p99_ms']} ms")
+
+    if "mlflow" not in skip:
+        import mlflow.pyfunc
+
+        from benchmarks.baseline_model import LocalizationPyfunc
+
+        pyfunc_dir = work / "pyfunc"
+        mlflow.pyfunc.save_model(
+            path=str(pyfunc_dir), python_model=LocalizationPyfunc(),
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(PROJECT_ROOT / "utils"), str(PROJECT_ROOT / "benchmarks")],
+            pip_requirements=["onnxruntime", "numpy", "scipy", "pyproj", "pydantic"],
+        )
+        port = _free_port()
+        mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+        with server([mlflow_bin, "models", "serve", "-m", str(pyfunc_dir), "--env-manager",
+                     "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
+                    f"http://127.0.0.1:{port}/ping", {"MLFLOW_TRACKING_URI": ""},
+                    work / "mlflow.log") as proc:
+            url = f"http://127.0.0.1:{port}/invocations"
+            rows += measure("mlflow models serve", "iq_data", url,
+                            [{"dataframe_records": [{"iq_data": p}]} for p in pairs], levels,
+                            per_client, minimum, proc.pid)
+            rows += measure("mlflow models serve", "iq_b64", url,
+                            [{"dataframe_records": [{"iq_b64": b}]} for b in b64], levels,
+                            per_client, minimum, proc.pid)
+
+    if "fastapi" not in skip:
+        port = _free_port()
+        uvicorn_bin = str(Path(sys.executable).with_name("uvicorn"))
+        with server([uvicorn_bin, "benchmarks.baseline_model:app", "--host", "127.0.0.1",
+                     "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
+                    f"http://127.0.0.1:{port}/health", {"BASELINE_MODEL_DIR": str(model_dir)},
+                    work / "fastapi.log") as proc:
+            url = f"http://127.0.0.1:{port}/predict"
+            rows += measure("per-request FastAPI", "iq_data", url,
+                            [{"iq_data": p} for p in pairs], levels, per_client, minimum,
+                            proc.pid)
+            rows += measure("per-request FastAPI", "iq_b64", url,
+                            [{"iq_b64": b} for b in b64], levels, per_client, minimum,
+                            proc.pid)
+
+    result = {
+        "meta": {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "python": platform.python_version(), "cpus": os.cpu_count(),
+                 "workers": workers, "concurrency": levels, "scenes": scenes,
+                 "model": f"{model_dir.parent.name}:{model_dir.name}",
+                 "note": "load generator on the same machine as the servers"},
+        "rows": rows, "cache_hit": cache_hit, "targets": targets(rows, levels),
+    }
+    table = markdown(result)
+    print("\n" + table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "compare.md").write_text(table + "\n")
+    return result
+
+
+def _row(rows: list[dict[str, Any]], server_name: str, encoding: str,
+         level: int) -> dict[str, Any] | None:
+    for r in rows:
+        if r["server"] == server_name and r["encoding"] == encoding and \
+                r.get("concurrency") == level:
+            return r
+    return None
+
+
+def targets(rows: list[dict[str, Any]], levels: list[int]) -> list[dict[str, Any]]:
+    """The benchmark issue's targets at concurrency 32 (or the closest level measured)."""
+    level = 32 if 32 in levels else max(levels)
+    ours_data = _row(rows, "this service (BentoML)", "iq_data", level)
+    ours_b64 = _row(rows, "this service (BentoML)", "iq_b64", level)
+    mlflow_data = _row(rows, "mlflow models serve", "iq_data", level)
+    fastapi_data = _row(rows, "per-request FastAPI", "iq_data", level)
+    ceiling = max((r["samples_per_s"] for r in rows if r["server"] == "in-process ceiling"),
+                  default=None)
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, goal: str, met: bool | None) -> None:
+        out.append({"target": name, "value": None if value is None else round(value, 2),
+                    "goal": goal, "met": met})
+
+    if ours_data and mlflow_data and mlflow_data["rps"] > 0:
+        ratio = ours_data["rps"] / mlflow_data["rps"]
+        add(f"iq_data throughput vs mlflow models serve (c={level})", ratio, ">= 5x", ratio >= 5)
+    if ours_data and fastapi_data and fastapi_data["rps"] > 0:
+        ratio = ours_data["rps"] / fastapi_data["rps"]
+        add(f"iq_data throughput vs per-request FastAPI (c={level})", ratio, ">= 2x", ratio >= 2)
+    if ours_data:
+        add(f"iq_data errors (c={level})", ours_data["errors"], "0", ours_data["errors"] == 0)
+    if ours_b64:
+        add(f"iq_b64 p99 ms (c={level})", ours_b64["p99_ms"], "< 100", ours_b64["p99_ms"] < 100)
+        if ceiling:
+            share = ours_b64["rps"] / ceiling
+            add(f"iq_b64 throughput / in-process ceiling (c={level})", share, ">= 0.5",
+                share >= 0.5)
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    lines = ["| server | encoding | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | "
+             "peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["server"] == "in-process ceiling":
+            continue
+        lines.append(f"| {r['server']} | {r['encoding']} | {r['concurrency']} | {r['rps']} | "
+                     f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | "
+                     f"{r['peak_rss_mb']} |")
+    hit = result.get("cache_hit") or {}
+    if hit:
+        lines.append(f"| {hit['server']} | {hit['encoding']} | 1 | {hit['rps']} | "
+                     f"{hit['p50_ms']} | {hit['p95_ms']} | {hit['p99_ms']} | {hit['errors']} | |")
+    lines += ["", "| in-process ceiling (no HTTP) | batch | samples/s |", "|---|---:|---:|"]
+    lines += [f"| decode + preprocess + onnxruntime, {result['meta']['workers']} processes | "
+              f"{r['batch']} | {r['samples_per_s']} |"
+              for r in rows if r["server"] == "in-process ceiling"]
+    lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
+    lines += [f"| {t['target']} | {t['value']} | {t['goal']} | "
+              f"{'yes' if t['met'] else 'NO'} |" for t in result["targets"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--per-client", type=int, default=8, help="requests per client")
+    parser.add_argument("--min-requests", type=int, default=100)
+    parser.add_argument("--scenes", type=int, default=16)
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0)
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--skip", default="", help="comma list: mlflow,fastapi")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    run(levels, args.workers, args.per_client, args.min_requests, args.scenes,
+        args.ceiling_seconds, args.out, args.tracking_uri or get_settings().mlflow_tracking_uri,
+        {s for s in args.skip.split(",") if s})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
