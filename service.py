@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# One worker per core: BLAS (the mel matmul) must not spawn threads of its own in each worker,
+# or two workers on two cores run four busy threads. Set before numpy is first imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 import anyio.to_thread  # noqa: E402
 import bentoml  # noqa: E402
@@ -31,7 +35,14 @@ from starlette.responses import JSONResponse  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.cache import cache_key, decode_value, encode_value, make_cache  # noqa: E402
 from utils.config import get_settings  # noqa: E402
-from utils.decoding import decode_capture, decode_iq_b64, decode_iq_data, encode_capture  # noqa: E402
+from utils.decoding import (  # noqa: E402
+    all_finite,
+    decode_capture,
+    decode_iq_b64,
+    decode_iq_data,
+    encode_capture,
+    is_verbatim,
+)
 from utils.geojson import ellipse_feature  # noqa: E402
 from utils.get_alias import GetAsPost  # noqa: E402
 from utils.inference import ModelRuntime, default_intra_threads  # noqa: E402
@@ -68,6 +79,7 @@ def bad_request(message: str, status: int = 400) -> JSONResponse:
     traffic={"timeout": settings.request_timeout_s},
     runner_connection={"max_requests": _NEVER, "max_age": float(_NEVER)},
     metrics={"enabled": True, "namespace": "bentoml_service"},
+    logging={"access": {"enabled": settings.access_log}},
 )
 class Localization:
     """Predicts a transmitter's position and uncertainty ellipse from receiver IQ captures."""
@@ -120,7 +132,7 @@ class Localization:
             try:
                 capture = decode_capture(text, self.spec.n_channels)
                 decoded.append(capture if capture.shape[1] >= self.spec.n_fft and
-                               np.isfinite(capture.view(np.float32)).all() else None)
+                               all_finite(capture) else None)
             except (ValueError, TypeError):
                 decoded.append(None)
         good = [c for c in decoded if c is not None]
@@ -236,7 +248,11 @@ class Localization:
             metrics.CACHE_HITS.inc(len(captures) - len(misses))
             metrics.CACHE_MISSES.inc(len(misses))
         if misses:
-            results = await self.to_async.infer([encode_capture(captures[i]) for i in misses])
+            verbatim = getattr(req, "iq_b64", None)
+            payload = [verbatim if verbatim and len(captures) == 1 and
+                       is_verbatim(captures[0], verbatim) else encode_capture(captures[i])
+                       for i in misses]
+            results = await self.to_async.infer(payload)
             fresh = self._responses(results, req, started)
             for i, response in zip(misses, fresh, strict=True):
                 out[i] = response

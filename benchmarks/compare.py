@@ -91,6 +91,8 @@ def _ceiling_worker(args: tuple[str, list[str], int, float]) -> tuple[int, float
 def in_process_ceiling(model_dir: Path, bodies: list[str], batches: list[int], workers: int,
                        seconds: float) -> list[dict[str, Any]]:
     rows = []
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # one thread per process, as in every server here
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers) as pool:
         for batch in batches:
@@ -140,7 +142,9 @@ def server(args: list[str], ready_url: str, env: dict[str, str], log: Path,
            timeout: float = 240.0) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env={**os.environ, "PATH": path, **env},
+        blas = {v: "1" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        proc = subprocess.Popen(args, cwd=PROJECT_ROOT,
+                                env={**os.environ, **blas, "PATH": path, **env},
                                 stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     # --- service process --------------------------------------------------------------------
     service_workers: int = Field(default=0, ge=0, description="0: one worker per CPU core.")
     request_timeout_s: float = Field(default=60.0, gt=0)
+    access_log: bool = Field(default=True, description="BentoML's per-request access log.")
 
     # --- request limits -------------------------------------------------------------------
     max_samples_per_capture: int = Field(default=65_536, gt=0)

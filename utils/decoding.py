@@ -21,6 +21,22 @@ from utils.preprocessing import InvalidCaptureError
 COMPLEX64_BYTES = 8
 
 
+def all_finite(iq: np.ndarray) -> bool:
+    """True when no NaN or infinity: one float64 reduction instead of a boolean mask.
+
+    A NaN or infinity anywhere makes the sum non-finite; finite float32 values cannot overflow
+    a float64 sum, so a finite sum proves every value finite.
+    """
+    return bool(np.isfinite(iq.view(np.float32).sum(dtype=np.float64)))
+
+
+def is_verbatim(capture: np.ndarray, text: str) -> bool:
+    """True when the canonical capture holds exactly the bytes `text` encodes (nothing cut or
+    repeated), so the validated base64 can be forwarded as is instead of re-encoded."""
+    padding = len(text) - len(text.rstrip("="))
+    return capture.nbytes == len(text) // 4 * 3 - padding
+
+
 def _single_capture_allowed(spec: FeatureSpec) -> bool:
     return spec.n_channels == 1 or spec.repeat_single_capture
 
@@ -39,7 +55,7 @@ def _finish(iq: np.ndarray, spec: FeatureSpec, max_samples: int, field: str) -> 
         raise InvalidCaptureError(
             f"{field}: {samples} samples per receiver, at least {spec.n_fft} (one frame) needed")
     iq = iq[:, : spec.samples_per_capture]
-    if not np.isfinite(iq.view(np.float32)).all():
+    if not all_finite(iq):
         raise InvalidCaptureError(f"{field}: contains NaN or infinite values")
     if channels != spec.n_channels:
         iq = np.broadcast_to(iq, (spec.n_channels, iq.shape[1]))
