@@ -45,10 +45,10 @@ try:  # the pyfunc flavour is only needed where mlflow is installed
     import mlflow.pyfunc
 
     class LocalizationPyfunc(mlflow.pyfunc.PythonModel):
-        def load_context(self, context: Any) -> None:
+        def load_context(self, context):  # noqa: ANN001, ANN201 - MLflow's signature
             self.runtime = load_runtime(Path(context.artifacts["model_dir"]))
 
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> list:
+        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
             rows = model_input.to_dict(orient="records")
             return predict_rows(self.runtime, rows)
 except ImportError:  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from benchmarks.ellipse_bench import main as ellipse_bench
@@ -13,3 +14,53 @@ def test_ellipse_bench_writes_its_results(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "ellipse.json").read_text())
     assert len(data["rows"]) == 3 and all(r["us_per_ellipse"] > 0 for r in data["rows"])
     assert (tmp_path / "ellipse.md").read_text().startswith("| case |")
+
+
+def test_compare_runs_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
+    """Every server of the comparison starts, answers and lands in the results."""
+    from benchmarks.compare import main as compare
+
+    settings, _ = demo_registry
+    assert compare(["--concurrency", "1,2", "--per-client", "2", "--min-requests", "4",
+                    "--scenes", "2", "--ceiling-seconds", "0.2", "--workers", "1",
+                    "--tracking-uri", settings.tracking_uri, "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "compare.json").read_text())
+    servers = {(r["server"], r["encoding"]) for r in data["rows"]}
+    for expected in (("this service (BentoML)", "iq_b64"), ("this service (BentoML)", "iq_data"),
+                     ("mlflow models serve", "iq_data"), ("per-request FastAPI", "iq_data"),
+                     ("in-process ceiling", "iq_b64")):
+        assert expected in servers
+    served = [r for r in data["rows"] if r["server"] != "in-process ceiling"]
+    assert all(r["errors"] == 0 and r["requests"] >= 4 and r["peak_rss_mb"] > 0 for r in served)
+    assert data["cache_hit"]["p50_ms"] > 0 and data["targets"]
+    assert "| target |" in (tmp_path / "compare.md").read_text()
+
+
+def test_locustfile_runs_headless(demo_registry, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.serving import import_demo_model, start_server
+    from utils.config import PROJECT_ROOT
+
+    settings, _ = demo_registry
+    home = tmp_path / "home"
+    import_demo_model(home, settings.local_registry_dir)
+    server = start_server(home, tmp_path / "serve.log", env={"SERVICE_WORKERS": "1"})
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", "4",
+             "-r", "4", "-t", "6s", "--host", server.url, "--csv", str(tmp_path / "locust"),
+             "--only-summary"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "LOCUST_SCENES": "4"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        stats = (tmp_path / "locust_stats.csv").read_text().splitlines()
+        header = stats[0].split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in stats[1:]]
+        names = {r["Name"] for r in rows}
+        assert {"/predict [iq_b64]", "/ellipse"} <= names
+        total = next(r for r in rows if r["Name"] == "Aggregated")
+        assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0
+    finally:
+        server.stop()
