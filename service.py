@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse  # noqa: E402
 from utils import metrics  # noqa: E402
 from utils.cache import cache_key, decode_value, encode_value, make_cache  # noqa: E402
 from utils.config import get_settings  # noqa: E402
+from utils.content_type import JSONOnly  # noqa: E402
 from utils.decoding import (  # noqa: E402
     all_finite,
     decode_capture,
@@ -45,8 +46,13 @@ from utils.decoding import (  # noqa: E402
 )
 from utils.geojson import ellipse_feature  # noqa: E402
 from utils.get_alias import GetAsPost  # noqa: E402
-from utils.inference import ModelRuntime, default_intra_threads  # noqa: E402
+from utils.inference import (  # noqa: E402
+    ModelRuntime,
+    default_intra_threads,
+    verify_model_files,
+)
 from utils.limits import BodySizeLimit  # noqa: E402
+from utils.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
 from utils.preprocessing import InvalidCaptureError  # noqa: E402
 from utils.responses import build_predictions, utc_now  # noqa: E402
 from utils.schemas import (  # noqa: E402
@@ -65,6 +71,26 @@ settings = get_settings()
 WORKERS = settings.service_workers or (os.cpu_count() or 1)
 MODEL_TAG = settings.bento_model_tag or f"{settings.bento_model_name}:latest"
 _NEVER = 2**31 - 1
+
+
+def _preflight() -> None:
+    """Refuse to start with one clear line instead of letting every worker crash and restart.
+
+    Runs wherever service.py is imported (the serve process before it spawns workers, and
+    `bentoml build`): a missing model, a missing file or a file whose sha256 differs from the
+    import's is reported once and the process exits non-zero.
+    """
+    try:
+        stored = bentoml.models.get(MODEL_TAG)
+    except bentoml.exceptions.NotFound:
+        raise SystemExit(f"rf_localization: model {MODEL_TAG} is not in the BentoML model store; "
+                         "import one with import_model.py or set BENTO_MODEL_TAG") from None
+    problem = verify_model_files(Path(stored.path), dict(stored.info.metadata))
+    if problem:
+        raise SystemExit(f"rf_localization: cannot serve {stored.tag}: {problem}")
+
+
+_preflight()
 
 
 def bad_request(message: str, status: int = 400) -> JSONResponse:
@@ -328,5 +354,11 @@ class Localization:
         )
 
 
-Localization.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+Localization.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes,
+                                 max_json_values=settings.max_json_values)
 Localization.add_asgi_middleware(GetAsPost, paths=("/model/info",))
+Localization.add_asgi_middleware(JSONOnly, paths=("/predict", "/predict_batch", "/ellipse",
+                                                  "/model/info", "/infer"))
+Localization.add_asgi_middleware(OpenAPIFix, nullable=nullable_fields(
+    [PredictionResponse, BatchPredictionResponse, Ellipse, ModelInfo, PredictRequest,
+     PredictBatchRequest, EllipseRequest]))

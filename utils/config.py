@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     max_samples_per_capture: int = Field(default=65_536, gt=0)
     max_batch_items: int = Field(default=100, gt=0)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_json_values: int = Field(
+        default=1_048_576, gt=0,
+        description="Most JSON numbers in one body (iq_data costs ~100 B of memory each).")
 
     @field_validator("model_stage", "model_alias", "model_version", "mlflow_tracking_uri",
                      "redis_url", "bento_model_tag", mode="before")

@@ -1,8 +1,10 @@
-"""ASGI middleware refusing request bodies above a byte limit with 413, before parsing.
+"""ASGI middleware refusing oversized request bodies with 413, before anything parses them.
 
-A declared `Content-Length` over the limit is refused without reading a byte; a chunked body is
-counted as it streams and refused as soon as it crosses the limit, so an oversized upload
-never sits in the worker's memory whole.
+Two budgets. Bytes: a declared `Content-Length` over the limit is refused without reading a
+byte; a chunked body is counted as it streams and refused as soon as it crosses the limit.
+JSON values: parsed JSON costs the worker ~100 bytes of Python objects per number (a float and
+its share of an `[I, Q]` list), 10-20x its text, so the separators are counted as the body
+streams in and a body with more values than `max_json_values` is refused before the parse.
 """
 
 from __future__ import annotations
@@ -18,18 +20,16 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_json_values: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_json_values = max_json_values
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps({"error": f"request body too large: the limit is {self.max_bytes} "
-                                    "bytes (MAX_REQUEST_BYTES)"}).encode()
+    async def _reject(self, send: Send, reason: str | None = None) -> None:
+        message = reason or (f"request body too large: the limit is {self.max_bytes} bytes "
+                             "(MAX_REQUEST_BYTES)")
+        body = json.dumps({"error": message, "field": None}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
@@ -50,25 +50,39 @@ class BodySizeLimit:
                     await self._reject(send)
                     return
         received = 0
+        separators = 0
         started = False
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused, separators
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                reason = None
+                if self.max_json_values is not None:
+                    separators += chunk.count(b",")
+                    if separators >= self.max_json_values:
+                        reason = (f"request body too large: more than {self.max_json_values} "
+                                  "JSON values (MAX_JSON_VALUES); send samples as iq_b64")
+                if received > self.max_bytes or reason:
+                    # answer now; to the app the client has gone away, and whatever it
+                    # answers to that is dropped below
+                    if not started:
+                        await self._reject(send, reason)
+                    refused = True
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, limited_receive, guarded_send)

@@ -15,13 +15,14 @@ import numpy as np
 from utils.geojson import ellipse_feature
 from utils.schemas import Ellipse, Position, PredictionResponse, Uncertainty
 from utils.uncertainty import (
+    MAX_SIGMA_M,
+    MIN_SIGMA_M,
     ONE_SIGMA_PROBABILITY,
     EllipseParams,
     ellipse_axes,
     model_uncertainty_to_metres,
 )
 
-MIN_SIGMA_M = 1e-3
 MAX_ABS_RHO = 0.999_999
 
 
@@ -47,8 +48,8 @@ def build_predictions(
     lat = np.clip(positions[:, 0], -90.0, 90.0)
     lon = (positions[:, 1] + 180.0) % 360.0 - 180.0
     sx, sy, rho = model_uncertainty_to_metres(lat, uncertainties, uncertainty_units)
-    sx = np.maximum(np.nan_to_num(sx, nan=MIN_SIGMA_M), MIN_SIGMA_M)
-    sy = np.maximum(np.nan_to_num(sy, nan=MIN_SIGMA_M), MIN_SIGMA_M)
+    sx = np.clip(np.nan_to_num(sx, nan=MIN_SIGMA_M), MIN_SIGMA_M, MAX_SIGMA_M)
+    sy = np.clip(np.nan_to_num(sy, nan=MIN_SIGMA_M), MIN_SIGMA_M, MAX_SIGMA_M)
     rho = np.clip(np.nan_to_num(rho), -MAX_ABS_RHO, MAX_ABS_RHO)
     a, b, theta, area = ellipse_axes(sx, sy, rho, confidence_level)
     stamp = utc_now()

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from utils.uncertainty import MAX_POINTS, MIN_POINTS
+from utils.uncertainty import MAX_POINTS, MAX_SIGMA_M, MIN_POINTS, MIN_SIGMA_M
 
 _PAIR = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 _CAPTURE = {"type": "array", "items": _PAIR, "description": "one receiver: [[I, Q], ...]"}
@@ -110,8 +110,10 @@ class EllipseRequest(BaseModel):
 
     latitude: float = Field(ge=-90.0, le=90.0, allow_inf_nan=False)
     longitude: float = Field(ge=-180.0, le=180.0, allow_inf_nan=False)
-    sigma_x: float = Field(gt=0.0, allow_inf_nan=False, description="1-sigma east, metres")
-    sigma_y: float = Field(gt=0.0, allow_inf_nan=False, description="1-sigma north, metres")
+    sigma_x: float = Field(ge=MIN_SIGMA_M, le=MAX_SIGMA_M, allow_inf_nan=False,
+                           description="1-sigma east, metres")
+    sigma_y: float = Field(ge=MIN_SIGMA_M, le=MAX_SIGMA_M, allow_inf_nan=False,
+                           description="1-sigma north, metres")
     rho: float = Field(default=0.0, gt=-1.0, lt=1.0, allow_inf_nan=False)
     confidence_level: Confidence = 0.95
     num_points: int = Field(default=64, ge=MIN_POINTS, le=MAX_POINTS)

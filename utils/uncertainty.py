@@ -20,6 +20,10 @@ import numpy as np
 
 MIN_POINTS = 8
 MAX_POINTS = 4096
+#: Physical range of a 1-sigma error: a millimetre to half the Earth's circumference. Outside
+#: it the squares of the sigmas under- or overflow and no ellipse exists on the globe anyway.
+MIN_SIGMA_M = 1e-3
+MAX_SIGMA_M = 2.0e7
 #: Probability held by the 1-sigma ellipse of a 2-D Gaussian (what `confidence_interval` states).
 ONE_SIGMA_PROBABILITY = float(-np.expm1(-0.5))
 
@@ -137,6 +141,8 @@ def validate_inputs(
     for name, value in (("sigma_x", sigma_x_m), ("sigma_y", sigma_y_m)):
         v = np.asarray(value, dtype=np.float64)
         _fail_if(~np.isfinite(v) | ~(v > 0.0), name, "must be a finite number > 0 (metres)")
+        _fail_if((v < MIN_SIGMA_M) | (v > MAX_SIGMA_M), name,
+                 f"must be between {MIN_SIGMA_M:g} and {MAX_SIGMA_M:g} metres")
     r = np.asarray(rho, dtype=np.float64)
     _fail_if(~np.isfinite(r) | ~(np.abs(r) < 1.0), "rho", "must be in the open interval (-1, 1)")
     p = np.asarray(confidence_level, dtype=np.float64)

@@ -1,0 +1,262 @@
+"""Reliability and security: fuzzing, oversized input, faults at start, shutdown, hygiene."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from tests.serving import Server, free_port, import_demo_model, start_server
+from utils.config import PROJECT_ROOT
+from utils.feature_spec import FeatureSpec, Receiver
+from utils.preprocessing import InvalidCaptureError, preprocess
+from utils.synthetic import generate_scenes
+from utils.uncertainty import UncertaintyInputError, covariance_ellipse
+
+LIMIT = 8_000_000
+JSON_VALUES = 400_000
+
+
+@pytest.fixture(scope="module")
+def home(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    settings_, _ = demo_registry
+    bentoml_home = tmp_path_factory.mktemp("bentoml-reliability")
+    import_demo_model(bentoml_home, settings_.local_registry_dir)
+    return bentoml_home
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[Server]:
+    srv = start_server(home, home / "reliability.log",
+                       env={"SERVICE_WORKERS": "1", "MAX_REQUEST_BYTES": str(LIMIT),
+                            "MAX_JSON_VALUES": str(JSON_VALUES)})
+    yield srv
+    srv.stop()
+
+
+def b64(capture: np.ndarray) -> str:
+    return base64.b64encode(capture.astype("<c8").tobytes()).decode()
+
+
+def worker_rss_mb(server: Server) -> float:
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    return max(p.memory_info().rss for p in children) / 2**20
+
+
+# --- fuzzing ----------------------------------------------------------------------------------
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(server: Server) -> None:
+    """Every API in /docs.json: generated valid and invalid input, no 5xx, conforming bodies."""
+    st_bin = str(Path(sys.executable).with_name("st"))
+    done = subprocess.run(
+        [st_bin, "run", f"{server.url}/docs.json", "--checks",
+         "not_a_server_error,response_schema_conformance", "--max-examples", "25",
+         "--generation-deterministic", "--request-timeout", "60"],
+        capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "Tested: 9" in done.stdout or "9 passed" in done.stdout
+
+
+finite_or_not = st.one_of(st.floats(width=32), st.sampled_from([np.nan, np.inf, -np.inf]))
+small_spec = FeatureSpec(n_fft=64, hop_length=32, n_mels=8, n_frames=4,
+                         receivers=(Receiver(name="a", latitude=0.0, longitude=0.0),))
+
+
+@settings(max_examples=80, deadline=None)
+@given(real=arrays(np.float32, st.tuples(st.just(1), st.integers(1, 200)), elements=finite_or_not),
+       imag=st.floats(width=32))
+def test_preprocessing_never_fails_untyped(real: np.ndarray, imag: float) -> None:
+    """Any values, finite or not, any length: a typed error or finite model input."""
+    iq = (real + 1j * np.float32(imag)).astype(np.complex64)
+    try:
+        out = preprocess(iq, small_spec)
+    except InvalidCaptureError:
+        finite = np.isfinite(iq.view(np.float32)).all()
+        assert not finite or iq.shape[1] < small_spec.n_fft
+        return
+    assert np.isfinite(out).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(sx=st.floats(), sy=st.floats(), rho=st.floats(), p=st.floats())
+def test_ellipse_library_never_fails_untyped(sx: float, sy: float, rho: float, p: float) -> None:
+    try:
+        e = covariance_ellipse(sx, sy, rho, p)
+    except UncertaintyInputError:
+        return
+    assert all(np.isfinite([e.semi_major_m, e.semi_minor_m, e.orientation_deg, e.area_m2]))
+
+
+# --- oversized input ------------------------------------------------------------------------
+
+def _chunks(total: int, size: int = 1 << 20) -> Iterator[bytes]:
+    yield b'{"iq_b64": "'
+    sent = 0
+    while sent < total:
+        yield b"A" * size
+        sent += size
+    yield b'"}'
+
+
+def test_oversized_input_is_refused_early_without_memory_growth(server: Server,
+                                                                report: list[str]) -> None:
+    url = f"{server.url}/predict"
+    headers = {"content-type": "application/json"}
+    before = worker_rss_mb(server)
+    peak = before
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, worker_rss_mb(server))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        # a declared 60 MB body: refused from its headers
+        big = b'{"iq_b64": "' + b"A" * 60_000_000 + b'"}'
+        r = httpx.post(url, content=big, headers=headers, timeout=60)
+        assert r.status_code == 413 and "too large" in r.text
+        # a chunked 60 MB body: refused once 8 MB have streamed in
+        try:
+            r = httpx.post(url, content=_chunks(60_000_000), headers=headers, timeout=60)
+            assert r.status_code == 413
+        except httpx.HTTPError:
+            pass  # the server may close while the client is still sending: refused either way
+        # deep nesting, long strings and huge arrays under the byte limit: 400, named field
+        deep = b'{"iq_data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        r = httpx.post(url, content=deep, headers=headers, timeout=60)
+        assert r.status_code == 400
+        r = httpx.post(url, json={"iq_b64": "A" * 7_000_000}, timeout=60)
+        assert r.status_code == 400 and "at most 65536" in r.text
+        r = httpx.post(url, json={"session_id": "x" * 7_000_000, "iq_b64": "AAAA"}, timeout=60)
+        assert r.status_code == 400 and "session_id" in r.text
+        huge = b'{"iq_data": [' + b",".join([b"[0,0]"] * 1_300_000) + b"]}"
+        assert len(huge) < LIMIT  # under the byte limit, but 2.6 M numbers: refused unparsed
+        r = httpx.post(url, content=huge, headers=headers, timeout=60)
+        assert r.status_code == 413 and "JSON values" in r.text
+        # the largest body under both limits is parsed, and answered 400
+        most = b'{"iq_data": [' + b",".join([b"[0,0]"] * (JSON_VALUES // 2 - 10)) + b"]}"
+        r = httpx.post(url, content=most, headers=headers, timeout=60)
+        assert r.status_code == 400 and "iq_data" in r.text
+    finally:
+        stop.set()
+        sampler.join()
+    time.sleep(0.5)
+    after = worker_rss_mb(server)
+    report.append(f"oversized input: worker RSS {before:.0f} MB before, peak {peak:.0f} MB, "
+                  f"{after:.0f} MB after (body limit {LIMIT // 1_000_000} MB)")
+    assert peak - before < 100  # 400 k JSON numbers parsed at most: ~40 MB of objects
+    assert after - before < 100
+    capture = generate_scenes(1, seed=3, spec=FeatureSpec()).iq[0]
+    assert httpx.post(url, json={"iq_b64": b64(capture)}, timeout=30).status_code == 200
+
+
+# --- faults at start ------------------------------------------------------------------------
+
+def _serve_once(home: Path, log: Path, env: dict[str, str], timeout: float = 90) -> tuple[int, str]:
+    port = free_port()
+    with log.open("wb") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "bentoml", "serve", "service:Localization", "--port",
+             str(port)], cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+            env={**os.environ, "BENTOML_DO_NOT_TRACK": "1", **env})
+    return done.returncode, log.read_text(errors="replace")
+
+
+def test_corrupt_or_missing_model_fails_once_and_clearly(home: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "home"
+    shutil.copytree(home / "models", broken / "models")
+    stored = next(p for p in (broken / "models" / "localization_model").iterdir() if p.is_dir())
+    with (stored / "model.onnx").open("r+b") as handle:
+        handle.seek(64)
+        handle.write(b"\x00corrupt\x00")
+    code, log = _serve_once(broken, tmp_path / "corrupt.log", {"BENTOML_HOME": str(broken)})
+    assert code != 0 and "does not match the imported" in log
+    assert log.count("Traceback") == 0, "one clear line, not a crash loop of tracebacks"
+
+    (stored / "model.onnx").unlink()
+    code, log = _serve_once(broken, tmp_path / "missing.log", {"BENTOML_HOME": str(broken)})
+    assert code != 0 and "model.onnx is missing" in log
+
+    code, log = _serve_once(home, tmp_path / "notag.log", {
+        "BENTOML_HOME": str(home), "BENTO_MODEL_TAG": "localization_model:doesnotexist"})
+    assert code != 0 and "is not in the BentoML model store" in log
+
+
+# --- shutdown -------------------------------------------------------------------------------
+
+def test_sigterm_drains_in_flight_requests(home: Path, tmp_path: Path) -> None:
+    srv = start_server(home, tmp_path / "term.log", env={"SERVICE_WORKERS": "1"})
+    iq = generate_scenes(12, seed=11, spec=FeatureSpec()).iq
+    body = {"iq_b64_samples": [b64(c) for c in iq], "cache_enabled": False}
+    results: list[object] = []
+
+    def call() -> None:
+        try:
+            results.append(httpx.post(f"{srv.url}/predict_batch", json=body,
+                                      timeout=60).status_code)
+        except httpx.HTTPError as exc:
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    os.kill(srv.process.pid, signal.SIGTERM)  # like a kubelet: the main process only
+    time.sleep(0.5)
+    with pytest.raises(httpx.HTTPError):  # new work is refused, not half-served
+        httpx.post(f"{srv.url}/predict_batch", json=body, timeout=10)
+    for t in threads:
+        t.join()
+    code = srv.process.wait(timeout=60)
+    assert results == [200] * 8
+    assert code == 0 and time.monotonic() - started < 30
+
+
+# --- hygiene --------------------------------------------------------------------------------
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_no_pickle_and_no_writes_to_the_model_store(home: Path, tmp_path: Path) -> None:
+    before = _tree_digest(home / "models")
+    srv = start_server(home, tmp_path / "hygiene.log", env={"SERVICE_WORKERS": "1"})
+    try:
+        for media in ("application/vnd.bentoml+pickle", "multipart/form-data", "text/plain"):
+            r = httpx.post(f"{srv.url}/predict", content=b"\x80\x04K\x01.",
+                           headers={"content-type": media}, timeout=10)
+            assert r.status_code == 415, (media, r.status_code)
+        capture = generate_scenes(1, seed=12, spec=FeatureSpec()).iq[0]
+        assert httpx.post(f"{srv.url}/predict", json={"iq_b64": b64(capture)},
+                          timeout=30).status_code == 200
+        info = httpx.get(f"{srv.url}/model/info", timeout=10).text
+        assert "://" not in info.replace("https://errors.pydantic.dev", "")  # no registry URI
+    finally:
+        srv.stop()
+    assert _tree_digest(home / "models") == before
+    sources = "\n".join(p.read_text() for p in PROJECT_ROOT.glob("*.py")) + "\n".join(
+        p.read_text() for p in (PROJECT_ROOT / "utils").glob("*.py"))
+    for unsafe in ("import pickle", "cloudpickle", "yaml.load(", "eval(", "exec("):
+        assert unsafe not in sources, unsafe

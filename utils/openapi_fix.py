@@ -1,0 +1,118 @@
+"""Make BentoML's `/docs.json` a valid OpenAPI 3.0 document that tells the truth.
+
+BentoML 1.4 publishes OpenAPI 3.0.2 but passes pydantic's JSON Schema 2020-12 through: numeric
+`exclusiveMinimum`/`exclusiveMaximum` (3.0 wants booleans beside `minimum`/`maximum`),
+`{"type": "null"}` members (3.0 says `nullable: true`), optional response fields flattened to
+a non-null type although the API returns `null` (`confidence`, `session_id`, ...), and a 400
+schema whose `detail` is a string while BentoML's validation errors send a list. Code
+generators and contract testers (schemathesis) reject or misread such a document, so this ASGI
+middleware rewrites the JSON on its way out; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from utils.limits import ASGIApp, Message, Receive, Scope, Send
+
+DOCS_PATH = "/docs.json"
+
+
+def nullable_fields(models: list[type[BaseModel]]) -> dict[str, set[str]]:
+    """{schema title: fields that may be null}, from the models' own annotations."""
+    out: dict[str, set[str]] = {}
+    for model in models:
+        names = set()
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if typing.get_origin(annotation) in (typing.Union, types.UnionType) and \
+                    type(None) in typing.get_args(annotation):
+                names.add(name)
+        for title in (model.__name__, f"{model.__name__}IODescriptor"):
+            out[title] = names
+    return out
+
+
+def _fix_node(node: Any, nullable: dict[str, set[str]]) -> Any:
+    if isinstance(node, list):
+        return [_fix_node(item, nullable) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _fix_node(v, nullable) for k, v in node.items()}
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        value = node.get(flag)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            node[bound] = value
+            node[flag] = True
+    for key in ("anyOf", "oneOf"):
+        members = node.get(key)
+        if isinstance(members, list) and {"type": "null"} in members:
+            rest = [m for m in members if m != {"type": "null"}]
+            node.pop(key)
+            node["nullable"] = True
+            if len(rest) == 1:
+                inner = rest[0]
+                if "$ref" in inner:
+                    node["allOf"] = [inner]
+                else:
+                    node = {**inner, **node}
+            else:
+                node[key] = rest
+    if node.get("type") == "object" and isinstance(node.get("properties"), dict):
+        for name in nullable.get(str(node.get("title", "")), set()):
+            prop = node["properties"].get(name)
+            if isinstance(prop, dict):
+                prop["nullable"] = True
+    return node
+
+
+def fix_spec(spec: dict[str, Any], nullable: dict[str, set[str]]) -> dict[str, Any]:
+    fixed = _fix_node(spec, nullable)
+    error = fixed.get("components", {}).get("schemas", {}).get("InvalidArgument")
+    if isinstance(error, dict):
+        props = error.setdefault("properties", {})
+        props["detail"] = {"title": "Error Detail",
+                           "description": "a message, or pydantic's list of field errors"}
+        props["field"] = {"type": "string", "nullable": True,
+                          "description": "the request field at fault"}
+    return fixed
+
+
+class OpenAPIFix:
+    def __init__(self, app: ASGIApp, nullable: dict[str, set[str]]) -> None:
+        self.app = app
+        self.nullable = nullable
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != DOCS_PATH:
+            await self.app(scope, receive, send)
+            return
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def buffer(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await self._emit(start, b"".join(chunks), send)
+
+        await self.app(scope, receive, buffer)
+
+    async def _emit(self, start: Message, body: bytes, send: Send) -> None:
+        if start.get("status") == 200:
+            try:
+                body = json.dumps(fix_spec(json.loads(body), self.nullable)).encode()
+            except ValueError:
+                pass
+        headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
