@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: serve test bootstrap import bento container-test load benchmark install-train install-test clean-registry help
+.PHONY: serve test bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -61,6 +61,16 @@ load: install-test
 # Benchmark against the peers (mlflow models serve, a per-request FastAPI server).
 benchmark: import install-test
 	$(PY) -m benchmarks.compare
+
+# Soak: locust at moderate load for SOAK_SECONDS, errors and RSS over time.
+SOAK_SECONDS ?= 600
+soak: import install-test
+	$(PY) -m benchmarks.soak --duration $(SOAK_SECONDS)
+
+# Longer fuzzing of every API than the test suite's bounded run.
+FUZZ_EXAMPLES ?= 500
+fuzz: import install-test
+	$(PY) -m benchmarks.fuzz --max-examples $(FUZZ_EXAMPLES)
 
 clean-registry:
 	rm -rf local_registry

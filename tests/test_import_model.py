@@ -7,6 +7,7 @@ the store's contents are observed exactly as an operator would see them.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -261,3 +262,15 @@ def test_missing_embedded_registry(tmp_path: Path) -> None:
 def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     run = run_import(tmp_path, "--alias", "a", "--version", "1")
     assert run.code == 2 and "not allowed with" in run.stderr
+
+
+def test_credentials_never_reach_logs_or_the_store(server_registry: ServerRegistry,
+                                                   tmp_path: Path) -> None:
+    uri = server_registry.uri.replace("http://", "http://operator:s3cr3t-token@")
+    run = run_import(tmp_path, "--tracking-uri", uri, "--json")
+    assert run.code == 0, run.stderr
+    assert "s3cr3t-token" not in run.stdout + run.stderr
+    tag = json.loads(run.stdout.strip().splitlines()[-1])["tag"]
+    folder, info = stored(tmp_path, tag)
+    text = (folder / "model.yaml").read_text()
+    assert "s3cr3t-token" not in text and "***@127.0.0.1" in info["metadata"]["registry"]

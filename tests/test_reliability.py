@@ -260,3 +260,19 @@ def test_no_pickle_and_no_writes_to_the_model_store(home: Path, tmp_path: Path) 
         p.read_text() for p in (PROJECT_ROOT / "utils").glob("*.py"))
     for unsafe in ("import pickle", "cloudpickle", "yaml.load(", "eval(", "exec("):
         assert unsafe not in sources, unsafe
+
+
+# --- soak -----------------------------------------------------------------------------------
+
+def test_short_soak_has_no_errors_and_bounded_memory(demo_registry, tmp_path: Path,
+                                                     report: list[str]) -> None:
+    from benchmarks.soak import soak
+
+    settings_, _ = demo_registry
+    result = soak(45, users=8, workers=2, out=tmp_path, registry_uri=settings_.tracking_uri)
+    report.append(f"soak 45 s, 8 users: {result['requests']} requests, {result['failures']} "
+                  f"failures, RSS {result['rss_mb_after_warmup']} -> {result['rss_mb_end']} MB "
+                  f"after warm-up (max {result['rss_mb_max']} MB)")
+    assert result["locust_exit_code"] == 0 and result["requests"] > 100
+    assert result["failures"] == 0
+    assert result["rss_growth_after_warmup_mb"] < 150

@@ -7,12 +7,13 @@ down (`configure_fast_failure`).  URIs are redacted before they appear in any me
 
 from __future__ import annotations
 
+import base64
 import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -67,10 +68,19 @@ def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     scheme = urlsplit(uri).scheme
     if scheme in ("http", "https"):
         parts = urlsplit(uri)
-        health = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/health", "",
-                             ""))
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+        request = urllib.request.Request(health)
+        if parts.username or parts.password:  # urllib does not take credentials from the URL
+            token = base64.b64encode(
+                f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+            ).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(health, timeout=timeout_s) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
                 if response.status >= 500:
                     raise RegistryUnreachable(f"registry {redact_uri(uri)} answers HTTP "
                                               f"{response.status}")
