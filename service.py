@@ -5,16 +5,18 @@
 The service class only wires the framework-free modules in `utils/`: decoding and validation
 (`decoding`), preprocessing + ONNX (`inference`), units and ellipses (`responses`), metrics.
 
-Batching: `/predict` and `/predict_batch` hand their validated captures to the batchable
-`infer` method through `self.to_async.infer`, so concurrent single requests are batched
-together by BentoML's dispatcher. That call goes through BentoML's in-process client; its
-session refresh every 100 calls breaks requests in flight in 1.4.30-1.4.40 (bentoml#5540),
-so `runner_connection` raises both refresh limits out of reach. Captures travel as base64
-complex64 (already validated and cut to the samples the model uses), which keeps the hop cheap.
+Batching: `/predict` and `/predict_batch` hand their validated captures to one batched
+inference (`_infer_batch`: preprocessing + ONNX over the whole batch), so concurrent single
+requests are batched together by BentoML's adaptive dispatcher. `BATCH_DISPATCH=inprocess`
+(default) submits them to that dispatcher inside the worker (`utils/batching.py`);
+`BATCH_DISPATCH=proxy` calls the batchable `infer` API through `self.to_async.infer`, BentoML's
+in-process HTTP client, whose session refresh every 100 calls breaks requests in flight in
+1.4.30-1.4.40 (bentoml#5540): `runner_connection` raises both refresh limits out of reach.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -33,6 +35,7 @@ import numpy as np  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 
 from utils import metrics  # noqa: E402
+from utils.batching import InProcessBatcher  # noqa: E402
 from utils.cache import cache_key, decode_value, encode_value, make_cache  # noqa: E402
 from utils.config import get_settings  # noqa: E402
 from utils.content_type import JSONOnly  # noqa: E402
@@ -128,6 +131,9 @@ class Localization:
         self.model_version = f"{meta.get('mlflow_version', stored.tag.version)}+" \
                              f"{self.runtime.sha256[:12]}"
         self.loaded_at = utc_now()
+        self.batcher = InProcessBatcher(self._infer_batch, settings.batch_max_size,
+                                        settings.batch_max_latency_ms) \
+            if settings.batch_dispatch == "inprocess" else None
         self.cache = make_cache(settings.redis_url, settings.cache_ttl_seconds,
                                 settings.cache_max_entries, settings.redis_timeout_ms)
         self.ready = False
@@ -150,9 +156,8 @@ class Localization:
                  max_latency_ms=settings.batch_max_latency_ms)
     def infer(self, captures: list[str]) -> list[dict[str, Any]]:
         """Low-level batched inference on canonical captures (base64 complex64
-        `[channels, samples]`); returns raw model outputs per item. Used by `/predict` and
-        `/predict_batch`; an item that does not decode gets an `error` instead of failing the
-        batch it shares with other requests."""
+        `[channels, samples]`); returns raw model outputs per item. An item that does not
+        decode gets an `error` instead of failing the batch it shares with other requests."""
         decoded: list[np.ndarray | None] = []
         for text in captures:
             try:
@@ -161,29 +166,27 @@ class Localization:
                                all_finite(capture) else None)
             except (ValueError, TypeError):
                 decoded.append(None)
-        good = [c for c in decoded if c is not None]
-        results: list[dict[str, Any]] = []
-        raw = self.runtime.predict(good) if good else None
-        if raw is not None:
-            metrics.INFERENCE_SECONDS.observe(raw.preprocess_s + raw.model_s)
-            metrics.MODEL_INFERENCES.inc(len(good))
-            metrics.STAGE_SECONDS.labels("preprocess").observe(raw.preprocess_s)
-            metrics.STAGE_SECONDS.labels("model").observe(raw.model_s)
-        j = 0
-        for capture in decoded:
-            if capture is None:
-                results.append({"error": "not a valid canonical capture"})
-                continue
-            assert raw is not None
-            results.append({
-                "position": raw.positions[j].tolist(),
-                "uncertainty": raw.uncertainties[j].tolist(),
-                "confidence": None if raw.confidence is None else float(raw.confidence[j]),
-                "batch_ms": 1000.0 * (raw.preprocess_s + raw.model_s),
-                "batch_size": len(good),
-            })
-            j += 1
-        return results
+        results = iter(self._infer_batch([c for c in decoded if c is not None]))
+        return [next(results) if c is not None else {"error": "not a valid canonical capture"}
+                for c in decoded]
+
+    def _infer_batch(self, captures: list[np.ndarray]) -> list[dict[str, Any]]:
+        """The one batched inference: preprocessing + ONNX over the whole batch. Both
+        dispatch paths (in-process batcher, batchable `infer` API) end here."""
+        if not captures:
+            return []
+        raw = self.runtime.predict(captures)
+        metrics.BATCH_SIZE.observe(len(captures))
+        metrics.MODEL_INFERENCES.inc(len(captures))
+        metrics.INFERENCE_SECONDS.observe(raw.preprocess_s + raw.model_s)
+        metrics.STAGE_SECONDS.labels("preprocess").observe(raw.preprocess_s)
+        metrics.STAGE_SECONDS.labels("model").observe(raw.model_s)
+        batch_ms = 1000.0 * (raw.preprocess_s + raw.model_s)
+        return [{"position": raw.positions[j].tolist(),
+                 "uncertainty": raw.uncertainties[j].tolist(),
+                 "confidence": None if raw.confidence is None else float(raw.confidence[j]),
+                 "batch_ms": batch_ms, "batch_size": len(captures)}
+                for j in range(len(captures))]
 
     # --- lifecycle -------------------------------------------------------------------------
     @bentoml.on_startup
@@ -194,6 +197,8 @@ class Localization:
     @bentoml.on_shutdown
     async def _close_cache(self) -> None:
         await self.cache.close()
+        if self.batcher is not None:
+            self.batcher.shutdown()
 
     # --- public API -----------------------------------------------------------------------
     @bentoml.api(route="/predict", input_spec=PredictRequest)
@@ -213,6 +218,7 @@ class Localization:
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         (response,) = await self._predict_captures([capture], req, started)
         metrics.PREDICTIONS.labels("predict").inc()
+        metrics.WORKER_PREDICTIONS.inc()
         metrics.REQUEST_SECONDS.labels("predict").observe(time.perf_counter() - started)
         return response
 
@@ -236,6 +242,7 @@ class Localization:
         predictions = await self._predict_captures(captures, req, started)
         elapsed = time.perf_counter() - started
         metrics.PREDICTIONS.labels("predict_batch").inc(len(predictions))
+        metrics.WORKER_PREDICTIONS.inc(len(predictions))
         metrics.REQUEST_SECONDS.labels("predict_batch").observe(elapsed)
         return BatchPredictionResponse(
             predictions=predictions, total_time_ms=1000.0 * elapsed,
@@ -274,11 +281,15 @@ class Localization:
             metrics.CACHE_HITS.inc(len(captures) - len(misses))
             metrics.CACHE_MISSES.inc(len(misses))
         if misses:
-            verbatim = getattr(req, "iq_b64", None)
-            payload = [verbatim if verbatim and len(captures) == 1 and
-                       is_verbatim(captures[0], verbatim) else encode_capture(captures[i])
-                       for i in misses]
-            results = await self.to_async.infer(payload)
+            if self.batcher is not None:
+                results = list(await asyncio.gather(
+                    *(self.batcher.submit(captures[i]) for i in misses)))
+            else:
+                verbatim = getattr(req, "iq_b64", None)
+                payload = [verbatim if verbatim and len(captures) == 1 and
+                           is_verbatim(captures[0], verbatim) else encode_capture(captures[i])
+                           for i in misses]
+                results = await self.to_async.infer(payload)
             fresh = self._responses(results, req, started)
             for i, response in zip(misses, fresh, strict=True):
                 out[i] = response

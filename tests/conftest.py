@@ -55,6 +55,17 @@ def demo_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Se
     yield settings, result
 
 
+@pytest.fixture(scope="module")
+def home(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BentoML home of the module's own with the demo model imported (a real import run)."""
+    from tests.serving import import_demo_model
+
+    settings, _ = demo_registry
+    bentoml_home = tmp_path_factory.mktemp("bentoml-home")
+    import_demo_model(bentoml_home, settings.local_registry_dir)
+    return bentoml_home
+
+
 def download_registered_model(settings: Settings, *, alias: str | None = None,
                               stage: str | None = None) -> Path:
     """The whole artifact folder of a registered version, resolved through the given registry.

@@ -119,14 +119,6 @@ def test_unreachable_redis_fails_open_fast() -> None:
 # --- through the service ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def home(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    settings, _ = demo_registry
-    bentoml_home = tmp_path_factory.mktemp("bentoml-cache")
-    import_demo_model(bentoml_home, settings.local_registry_dir)
-    return bentoml_home
-
-
-@pytest.fixture(scope="module")
 def prefix() -> Iterator[str]:
     value = f"test-{uuid.uuid4().hex[:8]}"
     yield value
@@ -231,8 +223,9 @@ def test_custom_metrics_with_two_workers(cached_server: Server) -> None:
         after = metric(cached_server, "rfloc_predictions_total", 'endpoint="predict"')
         assert after == before + 48
         text = httpx.get(f"{cached_server.url}/metrics", timeout=10).text
-        workers = {line.split('worker_index="')[1].split('"')[0] for line in text.splitlines()
-                   if line.startswith("bentoml_service_adaptive_batch_size_count")}
+        workers = {line.split('pid="')[1].split('"')[0] for line in text.splitlines()
+                   if line.startswith("rfloc_worker_predictions{") and
+                   float(line.rsplit(" ", 1)[1]) > 0}
         if len(workers) == 2:
             break
     assert len(workers) == 2

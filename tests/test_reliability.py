@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tests.serving import Server, free_port, import_demo_model, start_server
+from tests.serving import Server, free_port, start_server
 from utils.config import PROJECT_ROOT
 from utils.feature_spec import FeatureSpec, Receiver
 from utils.preprocessing import InvalidCaptureError, preprocess
@@ -31,14 +31,6 @@ from utils.uncertainty import UncertaintyInputError, covariance_ellipse
 
 LIMIT = 8_000_000
 JSON_VALUES = 400_000
-
-
-@pytest.fixture(scope="module")
-def home(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    settings_, _ = demo_registry
-    bentoml_home = tmp_path_factory.mktemp("bentoml-reliability")
-    import_demo_model(bentoml_home, settings_.local_registry_dir)
-    return bentoml_home
 
 
 @pytest.fixture(scope="module")

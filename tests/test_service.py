@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import bentoml
 import httpx
@@ -131,33 +132,59 @@ def test_predictions_are_calibrated_on_known_scenes(server: Server, spec: Featur
     assert confidence_scale(0.95) == pytest.approx(2.4477, abs=1e-4)
 
 
-def _batch_sizes(server: Server) -> tuple[float, float]:
+def _batch_sizes(server: Server, prefix: str) -> tuple[float, float]:
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     total = count = 0.0
     for line in text.splitlines():
-        if 'method_name="infer"' not in line:
+        if prefix.startswith("bentoml") and 'method_name="infer"' not in line:
             continue
-        if line.startswith("bentoml_service_adaptive_batch_size_sum"):
+        if line.startswith(f"{prefix}_sum"):
             total += float(line.rsplit(" ", 1)[1])
-        if line.startswith("bentoml_service_adaptive_batch_size_count"):
+        if line.startswith(f"{prefix}_count"):
             count += float(line.rsplit(" ", 1)[1])
     return total, count
 
 
-def test_concurrent_requests_are_batched(server: Server, spec: FeatureSpec,
-                                         report: list[str]) -> None:
+def _burst(server: Server, spec: FeatureSpec, metric: str) -> tuple[float, float]:
     bodies = [json.dumps({"iq_b64": b64(c), "cache_enabled": False}).encode()
               for c in generate_scenes(16, seed=77, spec=spec).iq]
-    total0, count0 = _batch_sizes(server)
+    total0, count0 = _batch_sizes(server, metric)
     with ThreadPoolExecutor(max_workers=32) as pool:
         statuses = list(pool.map(lambda i: post(server, "/predict", bodies[i % 16]).status_code,
                                  range(192)))
     assert statuses == [200] * 192
-    total1, count1 = _batch_sizes(server)
-    batches, items = count1 - count0, total1 - total0
-    report.append(f"service: 192 concurrent /predict calls ran as {batches:.0f} batches "
-                  f"(mean size {items / batches:.1f})")
+    total1, count1 = _batch_sizes(server, metric)
+    return count1 - count0, total1 - total0
+
+
+def test_concurrent_requests_are_batched(server: Server, spec: FeatureSpec,
+                                         report: list[str]) -> None:
+    batches, items = _burst(server, spec, "rfloc_batch_size")
+    report.append(f"service (in-process dispatch): 192 concurrent /predict calls ran as "
+                  f"{batches:.0f} batches (mean size {items / batches:.1f})")
     assert items >= 192 and batches < items, "some batch held more than one request"
+
+
+def test_proxy_dispatch_batches_through_the_batchable_api(demo_registry, spec: FeatureSpec,
+                                                          tmp_path: Path,
+                                                          report: list[str]) -> None:
+    """BATCH_DISPATCH=proxy: the same answers, batched by BentoML's batchable `infer` API."""
+    settings, _ = demo_registry
+    home = tmp_path / "home"
+    import_demo_model(home, settings.local_registry_dir)
+    proxy = start_server(home, tmp_path / "proxy.log",
+                         env={"SERVICE_WORKERS": "1", "BATCH_DISPATCH": "proxy"})
+    try:
+        batches, items = _burst(proxy, spec, "bentoml_service_adaptive_batch_size")
+        report.append(f"service (proxy dispatch): 192 concurrent /predict calls ran as "
+                      f"{batches:.0f} batches (mean size {items / batches:.1f})")
+        assert items >= 192 and batches < items
+        capture = generate_scenes(1, seed=78, spec=spec).iq[0]
+        direct = post(proxy, "/predict", {"iq_b64": b64(capture)}).json()["position"]
+        pairs_answer = post(proxy, "/predict", {"iq_data": pairs(capture)}).json()["position"]
+        assert direct == pairs_answer
+    finally:
+        assert proxy.stop() == 0
 
 
 def test_ellipse_endpoint(server: Server) -> None:

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     redis_timeout_ms: int = Field(default=100, gt=0)
 
     # --- batching and inference -----------------------------------------------------------
+    batch_dispatch: Literal["inprocess", "proxy"] = Field(
+        default="inprocess",
+        description="How /predict reaches the batched inference (utils/batching.py).")
     batch_max_size: int = Field(default=64, gt=0)
     batch_max_latency_ms: int = Field(
         default=20_000, gt=0,

@@ -30,6 +30,8 @@ REQUEST_SECONDS = Histogram(
     ["endpoint"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+BATCH_SIZE = Histogram(f"{PREFIX}_batch_size", "Samples per batched inference",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 MODEL_INFERENCES = Counter(f"{PREFIX}_model_inferences", "Samples run through the model")
 ERRORS = Counter(f"{PREFIX}_errors", "Rejected or failed requests, by type", ["type"])
 CACHE_HITS = Counter(f"{PREFIX}_cache_hits", "Prediction cache hits")
@@ -37,6 +39,9 @@ CACHE_MISSES = Counter(f"{PREFIX}_cache_misses", "Prediction cache misses")
 CACHE_BYPASS = Counter(f"{PREFIX}_cache_bypass", "Predictions asked with cache_enabled=false")
 CACHE_ERRORS = Counter(f"{PREFIX}_cache_errors", "Cache backend failures (served uncached)",
                        ["op"])
+WORKER_PREDICTIONS = Gauge(f"{PREFIX}_worker_predictions",
+                           "Predictions served by each worker process (pid label)",
+                           multiprocess_mode="all")
 MODEL_INFO = Gauge(f"{PREFIX}_model_info", "The served model (value 1)",
                    ["name", "version", "sha256", "bento_tag"], multiprocess_mode="max")
 
