@@ -34,7 +34,7 @@ import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 
-from utils import metrics  # noqa: E402
+from utils import log_filters, metrics  # noqa: E402
 from utils.batching import InProcessBatcher  # noqa: E402
 from utils.cache import cache_key, decode_value, encode_value, make_cache  # noqa: E402
 from utils.config import get_settings  # noqa: E402
@@ -70,6 +70,7 @@ from utils.schemas import (  # noqa: E402
 from utils.uncertainty import UncertaintyInputError, covariance_ellipse  # noqa: E402
 
 log = logging.getLogger("bentoml.service.localization")
+log_filters.install()
 settings = get_settings()
 WORKERS = settings.service_workers or (os.cpu_count() or 1)
 MODEL_TAG = settings.bento_model_tag or f"{settings.bento_model_name}:latest"

@@ -305,3 +305,6 @@ def test_bad_input_matrix(server: Server, spec: FeatureSpec) -> None:
     assert not failures, "\n".join(failures)
     # and the service is still healthy and correct afterwards
     assert post(server, "/predict", {"iq_b64": b64(_good(spec))}).status_code == 200
+    # client mistakes are one INFO line each, not error tracebacks
+    log = server.log()
+    assert "rejected input" in log and "Traceback" not in log
