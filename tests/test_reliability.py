@@ -212,7 +212,14 @@ def test_sigterm_drains_in_flight_requests(home: Path, tmp_path: Path) -> None:
     threads = [threading.Thread(target=call) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    in_flight = 0.0
+    deadline = time.monotonic() + 10
+    while in_flight < 2 and time.monotonic() < deadline:  # requests the server is working on
+        text = httpx.get(f"{srv.url}/metrics", timeout=5).text
+        in_flight = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("bentoml_service_request_in_progress")
+                        and 'endpoint="/predict_batch"' in line)
+    assert in_flight >= 2, "no request was in flight to drain"
     started = time.monotonic()
     os.kill(srv.process.pid, signal.SIGTERM)  # like a kubelet: the main process only
     time.sleep(0.5)
@@ -221,7 +228,10 @@ def test_sigterm_drains_in_flight_requests(home: Path, tmp_path: Path) -> None:
     for t in threads:
         t.join()
     code = srv.process.wait(timeout=60)
-    assert results == [200] * 8
+    # every request the server had accepted completes; one not yet accepted may be refused
+    assert results.count(200) >= in_flight
+    assert all(r == 200 or r in ("RemoteProtocolError", "ConnectError", "ReadError")
+               for r in results), results
     assert code == 0 and time.monotonic() - started < 30
 
 
