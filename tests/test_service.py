@@ -107,9 +107,9 @@ def test_batch_equals_singles_in_order(server: Server, spec: FeatureSpec) -> Non
 
 def test_predictions_are_calibrated_on_known_scenes(server: Server, spec: FeatureSpec,
                                                     report: list[str]) -> None:
-    scenes = generate_scenes(300, seed=2024, spec=spec)
+    scenes = generate_scenes(600, seed=2024, spec=spec)
     predictions = []
-    for start in range(0, 300, 12):  # 12 x 338 kB stays under the test's 8 MB body limit
+    for start in range(0, 600, 12):  # 12 x 338 kB stays under the test's 8 MB body limit
         r = post(server, "/predict_batch",
                  {"iq_b64_samples": [b64(c) for c in scenes.iq[start:start + 12]]})
         assert r.status_code == 200, r.text
