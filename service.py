@@ -50,6 +50,7 @@ from utils.decoding import (  # noqa: E402
 from utils.geojson import ellipse_feature  # noqa: E402
 from utils.get_alias import GetAsPost  # noqa: E402
 from utils.inference import (  # noqa: E402
+    ModelLoadError,
     ModelRuntime,
     default_intra_threads,
     verify_model_files,
@@ -89,9 +90,10 @@ def _preflight() -> None:
     except bentoml.exceptions.NotFound:
         raise SystemExit(f"rf_localization: model {MODEL_TAG} is not in the BentoML model store; "
                          "import one with import_model.py or set BENTO_MODEL_TAG") from None
-    problem = verify_model_files(Path(stored.path), dict(stored.info.metadata))
-    if problem:
-        raise SystemExit(f"rf_localization: cannot serve {stored.tag}: {problem}")
+    try:
+        verify_model_files(Path(stored.path), dict(stored.info.metadata))
+    except ModelLoadError as exc:
+        raise SystemExit(f"rf_localization: cannot serve {stored.tag}: {exc}") from None
 
 
 _preflight()

@@ -72,17 +72,18 @@ def default_intra_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def verify_model_files(model_dir: Path, metadata: dict[str, Any]) -> str | None:
-    """Why this stored model cannot be served (missing or changed file), or None."""
+def verify_model_files(model_dir: Path, metadata: dict[str, Any]) -> str:
+    """sha256 of the stored `model.onnx`; `ModelLoadError` when it is missing or differs
+    from the sha256 recorded at import."""
     model_path = model_dir / MODEL_FILENAME
     if not model_path.is_file():
-        return f"{MODEL_FILENAME} is missing from {model_dir}"
+        raise ModelLoadError(f"{MODEL_FILENAME} is missing from {model_dir}")
     expected = str(metadata.get("sha256") or "")
     actual = sha256_file(model_path)
     if expected and actual != expected:
-        return (f"{MODEL_FILENAME} sha256 {actual[:12]} does not match the imported "
-                f"{expected[:12]}: the stored file was changed")
-    return None
+        raise ModelLoadError(f"{MODEL_FILENAME} sha256 {actual[:12]} does not match the "
+                             f"imported {expected[:12]}: the stored file was changed")
+    return actual
 
 
 class ModelRuntime:
@@ -91,10 +92,7 @@ class ModelRuntime:
     def __init__(self, model_dir: Path, metadata: dict[str, Any], *, intra_threads: int,
                  inter_threads: int, providers: list[str]) -> None:
         model_path = model_dir / MODEL_FILENAME
-        problem = verify_model_files(model_dir, metadata)
-        if problem:
-            raise ModelLoadError(problem)
-        self.sha256 = sha256_file(model_path)
+        self.sha256 = verify_model_files(model_dir, metadata)
         try:
             self.session = ort.InferenceSession(
                 str(model_path), session_options(intra_threads, inter_threads),
