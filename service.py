@@ -264,7 +264,7 @@ class Localization:
         keys: list[str] = []
         cached: list[bytes | None] = [None] * len(captures)
         if req.cache_enabled:
-            keys = [cache_key(settings.cache_key_prefix, self.runtime.sha256, c.tobytes(),
+            keys = [cache_key(settings.cache_key_prefix, self.runtime.sha256, c.data,
                               req.confidence_level, req.include_geojson) for c in captures]
             cached = await self.cache.get_many(keys)
         else:

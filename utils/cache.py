@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 PER_REQUEST_FIELDS = ("inference_time_ms", "timestamp", "cache_hit", "session_id")
 
 
-def cache_key(prefix: str, model_sha256: str, capture_bytes: bytes,
+def cache_key(prefix: str, model_sha256: str, capture_bytes: bytes | memoryview,
               confidence_level: float, include_geojson: bool) -> str:
     """`prefix:model12:digest` over model identity, answer-changing options and sample bytes."""
     digest = hashlib.blake2b(digest_size=20)

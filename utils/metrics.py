@@ -55,11 +55,6 @@ def _registry() -> CollectorRegistry:
     return registry
 
 
-def sample(name: str, labels: dict[str, str] | None = None) -> float:
-    """A metric sample summed over all workers (0.0 when never observed)."""
-    return float(_registry().get_sample_value(name, labels or {}) or 0.0)
-
-
 def service_stats() -> tuple[int, float | None, float | None]:
     """(samples run through the model, mean /predict latency ms, cache hit rate)."""
     registry = _registry()
