@@ -16,7 +16,6 @@ LOCUST_SEED (7).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
@@ -25,6 +24,7 @@ import urllib.request
 import numpy as np
 from locust import HttpUser, between, events, task
 
+from utils.decoding import encode_capture
 from utils.feature_spec import FeatureSpec
 from utils.synthetic import generate_scenes
 
@@ -53,10 +53,6 @@ def _spec(host: str | None) -> FeatureSpec:
     return FeatureSpec()
 
 
-def _b64(capture: np.ndarray) -> str:
-    return base64.b64encode(capture.astype("<c8").tobytes()).decode()
-
-
 def _pairs(capture: np.ndarray) -> list:
     return np.stack([capture.real, capture.imag], axis=-1).tolist()
 
@@ -68,9 +64,9 @@ def build_payloads(environment, **_: object) -> None:
     rng = np.random.default_rng(SEED)
     # a random phase rotation: same powers and spectra, different bytes (a cache miss)
     rotated = scenes * np.exp(1j * rng.uniform(0, 2 * np.pi, (SCENES, 1, 1))).astype(np.complex64)
-    Payloads.b64 = [_b64(c) for c in scenes]
+    Payloads.b64 = [encode_capture(c) for c in scenes]
     Payloads.pairs = [_pairs(c) for c in scenes[: max(1, SCENES // 4)]]
-    Payloads.fresh_b64 = [_b64(c) for c in rotated]
+    Payloads.fresh_b64 = [encode_capture(c) for c in rotated]
     Payloads.fresh_pairs = [_pairs(c) for c in rotated[: max(1, SCENES // 4)]]
 
 

@@ -20,7 +20,6 @@ of the benchmark issue (reported, never asserted).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import multiprocessing
 import os
@@ -42,13 +41,14 @@ import psutil
 
 from benchmarks.loadgen import run_load
 from utils.config import PROJECT_ROOT, get_settings
+from utils.decoding import encode_capture
 from utils.feature_spec import FeatureSpec
 from utils.synthetic import generate_scenes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -199,7 +199,7 @@ def run(levels: list[int], workers: int, per_client: int, minimum: int, scenes: 
     spec = FeatureSpec.model_validate_json(spec_json.read_text()) if spec_json.exists() \
         else FeatureSpec()
     iq = generate_scenes(scenes, seed=4242, spec=spec).iq
-    b64 = [base64.b64encode(c.astype("<c8").tobytes()).decode() for c in iq]
+    b64 = [encode_capture(c) for c in iq]
     pairs = [np.stack([c.real, c.imag], axis=-1).tolist() for c in iq[: max(2, scenes // 4)]]
     rows: list[dict[str, Any]] = []
     print(f"model {model_dir.parent.name}:{model_dir.name}, {workers} workers, "
@@ -213,7 +213,7 @@ def run(levels: list[int], workers: int, per_client: int, minimum: int, scenes: 
 
     env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True",
            "SERVICE_WORKERS": str(workers)}
-    port = _free_port()
+    port = free_port()
     cache_hit: dict[str, Any] = {}
     with server([sys.executable, "-m", "bentoml", "serve", "service:Localization", "--port",
                  str(port), "--host", "127.0.0.1"], f"http://127.0.0.1:{port}/readyz", env,
@@ -244,7 +244,7 @@ def run(levels: list[int], workers: int, per_client: int, minimum: int, scenes: 
             code_paths=[str(PROJECT_ROOT / "utils"), str(PROJECT_ROOT / "benchmarks")],
             pip_requirements=["onnxruntime", "numpy", "scipy", "pyproj", "pydantic"],
         )
-        port = _free_port()
+        port = free_port()
         mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
         with server([mlflow_bin, "models", "serve", "-m", str(pyfunc_dir), "--env-manager",
                      "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
@@ -259,7 +259,7 @@ def run(levels: list[int], workers: int, per_client: int, minimum: int, scenes: 
                             per_client, minimum, proc.pid)
 
     if "fastapi" not in skip:
-        port = _free_port()
+        port = free_port()
         uvicorn_bin = str(Path(sys.executable).with_name("uvicorn"))
         with server([uvicorn_bin, "benchmarks.baseline_model:app", "--host", "127.0.0.1",
                      "--port", str(port), "--workers", str(workers), "--log-level", "warning"],

@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.compare import RESULTS, import_model_into, server
+from benchmarks.compare import RESULTS, free_port, import_model_into, server
 from utils.config import PROJECT_ROOT, get_settings
 
 
@@ -41,7 +41,7 @@ def soak(duration_s: int, users: int, workers: int, out: Path | None,
     work = Path(tempfile.mkdtemp(prefix="rfloc-soak-"))
     home = work / "bentoml"
     import_model_into(home, registry_uri)
-    port = int(os.environ.get("SOAK_PORT", "0")) or _port()
+    port = int(os.environ.get("SOAK_PORT", "0")) or free_port()
     env = {"BENTOML_HOME": str(home), "SERVICE_WORKERS": str(workers),
            "BENTOML_DO_NOT_TRACK": "True"}
     samples: list[tuple[float, float]] = []
@@ -97,14 +97,6 @@ def _aggregate(path: Path) -> dict[str, Any]:
             return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
                     "rps": round(float(row["Requests/s"]), 1)}
     return {}
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,12 @@ Handy for curl and for trying the Swagger UI; the true transmitter positions go 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 
 import numpy as np
 
+from utils.decoding import encode_capture
 from utils.feature_spec import FeatureSpec
 from utils.synthetic import generate_scenes
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def encode(capture: np.ndarray) -> object:
         if args.encoding == "b64":
-            return base64.b64encode(capture.astype("<c8").tobytes()).decode()
+            return encode_capture(capture)
         return np.round(np.stack([capture.real, capture.imag], axis=-1), 9).tolist()
 
     items = [encode(c) for c in scenes.iq]

@@ -68,21 +68,16 @@ def home(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def download_registered_model(settings: Settings, *, alias: str | None = None,
                               stage: str | None = None) -> Path:
-    """The whole artifact folder of a registered version, resolved through the given registry.
+    """The whole artifact folder of a registered version, through the import's own resolver.
 
-    Goes through an explicit client: `models:/` URIs would resolve against MLflow's global
+    An explicit registry URI throughout: `models:/` URIs would resolve against MLflow's global
     registry URI, not the test's own registry.
     """
-    import mlflow
-    from mlflow.tracking import MlflowClient
+    import tempfile
 
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-    name = settings.model_name
-    if alias:
-        version = client.get_model_version_by_alias(name, alias).version
-    else:
-        version = max(int(v.version) for v in client.search_model_versions(f"name='{name}'")
-                      if v.current_stage == (stage or "Production"))
-    uri = client.get_model_version_download_uri(name, str(version))
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
-                                                    tracking_uri=settings.tracking_uri))
+    from utils.registry import download, resolve
+
+    uri = settings.tracking_uri
+    resolved = resolve(uri, settings.model_name, stage=None if alias else (stage or "Production"),
+                       alias=alias)
+    return download(uri, resolved, Path(tempfile.mkdtemp(prefix="registered-")) / "model")

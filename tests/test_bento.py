@@ -3,7 +3,6 @@ from nothing but the bento's own requirements, from a folder outside the project
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import yaml
 
 from tests.serving import import_demo_model, start_server
 from utils.config import PROJECT_ROOT
+from utils.decoding import encode_capture
 from utils.feature_spec import FeatureSpec
 from utils.inference import ModelRuntime
 from utils.synthetic import generate_scenes
@@ -69,7 +69,7 @@ def test_bento_serves_from_its_own_requirements(demo_registry, tmp_path: Path,
         spec = FeatureSpec.model_validate(
             httpx.get(f"{server.url}/model/info", timeout=10).json()["feature_spec"])
         capture = generate_scenes(1, seed=606, spec=spec).iq[0]
-        body = {"iq_b64": base64.b64encode(capture.astype("<c8").tobytes()).decode()}
+        body = {"iq_b64": encode_capture(capture)}
         got = httpx.post(f"{server.url}/predict", json=body, timeout=60)
         assert got.status_code == 200, got.text
         stored = home / "models" / model_tag.split(":")[0] / model_tag.split(":")[1]

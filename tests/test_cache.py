@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from tests.conftest import make_settings
 from tests.model_factory import register_onnx_model, toy_model
 from tests.serving import Server, free_port, import_demo_model, start_server
 from utils.cache import LRUCache, RedisCache, cache_key, decode_value, encode_value
+from utils.decoding import encode_capture
 from utils.feature_spec import FeatureSpec
 from utils.synthetic import generate_scenes
 
@@ -31,7 +31,7 @@ TIMING_FIELDS = ("inference_time_ms", "timestamp", "cache_hit")
 
 
 def body_of(capture: np.ndarray, **options: object) -> dict:
-    return {"iq_b64": base64.b64encode(capture.astype("<c8").tobytes()).decode(), **options}
+    return {"iq_b64": encode_capture(capture), **options}
 
 
 def post(server: Server, body: dict, path: str = "/predict", timeout: float = 30) -> httpx.Response:

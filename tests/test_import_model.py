@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,14 +25,9 @@ from mlflow.tracking import MlflowClient
 from demo.bootstrap import bootstrap
 from tests.conftest import make_settings
 from tests.model_factory import experiment, register_files, register_onnx_model, toy_model
+from tests.serving import free_port
 from utils.config import PROJECT_ROOT
 from utils.feature_spec import FeatureSpec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

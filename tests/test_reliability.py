@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import shutil
@@ -24,6 +23,7 @@ from hypothesis.extra.numpy import arrays
 
 from tests.serving import Server, free_port, start_server
 from utils.config import PROJECT_ROOT
+from utils.decoding import encode_capture
 from utils.feature_spec import FeatureSpec, Receiver
 from utils.preprocessing import InvalidCaptureError, preprocess
 from utils.synthetic import generate_scenes
@@ -42,8 +42,7 @@ def server(home: Path) -> Iterator[Server]:
     srv.stop()
 
 
-def b64(capture: np.ndarray) -> str:
-    return base64.b64encode(capture.astype("<c8").tobytes()).decode()
+b64 = encode_capture  # the wire format of iq_b64
 
 
 def worker_rss_mb(server: Server) -> float:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.serving import Server, import_demo_model, start_server
+from utils.decoding import encode_capture
 from utils.feature_spec import FeatureSpec
 from utils.synthetic import generate_scenes
 from utils.uncertainty import confidence_scale, covariance_ellipse, local_offsets_m
@@ -39,8 +40,7 @@ def spec(server: Server) -> FeatureSpec:
     return FeatureSpec.model_validate(info["feature_spec"])
 
 
-def b64(capture: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(capture, dtype="<c8").tobytes()).decode()
+b64 = encode_capture  # the wire format of iq_b64: base64 of little-endian complex64
 
 
 def pairs(capture: np.ndarray) -> list:
