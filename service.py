@@ -349,7 +349,8 @@ class Localization:
         return ModelInfo(
             name=str(meta.get("registered_name", self.info.tag.name)),
             version=str(meta.get("mlflow_version", self.info.tag.version)),
-            stage=meta.get("mlflow_stage") or None,
+            # SPEC §4: "stage (or alias)"
+            stage=meta.get("mlflow_stage") or meta.get("mlflow_alias") or None,
             alias=meta.get("mlflow_alias") or None,
             mlflow_run_id=meta.get("mlflow_run_id") or None,
             bento_model_tag=self.tag,
