@@ -40,7 +40,7 @@ from utils.cache import cache_key, decode_value, encode_value, make_cache  # noq
 from utils.config import get_settings  # noqa: E402
 from utils.content_type import JSONOnly  # noqa: E402
 from utils.decoding import (  # noqa: E402
-    all_finite,
+    check_amplitude,
     decode_capture,
     decode_iq_b64,
     decode_iq_data,
@@ -58,7 +58,8 @@ from utils.inference import (  # noqa: E402
 from utils.limits import BodySizeLimit  # noqa: E402
 from utils.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
 from utils.preprocessing import InvalidCaptureError  # noqa: E402
-from utils.responses import build_predictions, utc_now  # noqa: E402
+from utils.inference import RawPredictions  # noqa: E402
+from utils.responses import ModelOutputError, build_predictions, utc_now  # noqa: E402
 from utils.schemas import (  # noqa: E402
     BatchPredictionResponse,
     Ellipse,
@@ -68,7 +69,12 @@ from utils.schemas import (  # noqa: E402
     PredictionResponse,
     PredictRequest,
 )
-from utils.uncertainty import UncertaintyInputError, covariance_ellipse  # noqa: E402
+from utils.uncertainty import (  # noqa: E402
+    MAX_DRAWABLE_M,
+    UncertaintyInputError,
+    covariance_ellipse,
+    drawable,
+)
 
 log = logging.getLogger("bentoml.service.localization")
 log_filters.install()
@@ -165,9 +171,9 @@ class Localization:
         for text in captures:
             try:
                 capture = decode_capture(text, self.spec.n_channels)
-                decoded.append(capture if capture.shape[1] >= self.spec.n_fft and
-                               all_finite(capture) else None)
-            except (ValueError, TypeError):
+                check_amplitude(capture, self.spec, "capture")
+                decoded.append(capture if capture.shape[1] >= self.spec.n_fft else None)
+            except (ValueError, TypeError):  # InvalidCaptureError is a ValueError
                 decoded.append(None)
         results = iter(self._infer_batch([c for c in decoded if c is not None]))
         return [next(results) if c is not None else {"error": "not a valid canonical capture"}
@@ -185,11 +191,8 @@ class Localization:
         metrics.STAGE_SECONDS.labels("preprocess").observe(raw.preprocess_s)
         metrics.STAGE_SECONDS.labels("model").observe(raw.model_s)
         batch_ms = 1000.0 * (raw.preprocess_s + raw.model_s)
-        return [{"position": raw.positions[j].tolist(),
-                 "uncertainty": raw.uncertainties[j].tolist(),
-                 "confidence": None if raw.confidence is None else float(raw.confidence[j]),
-                 "batch_ms": batch_ms, "batch_size": len(captures)}
-                for j in range(len(captures))]
+        return [{**item, "batch_ms": batch_ms, "batch_size": len(captures)}
+                for item in raw.items()]
 
     # --- lifecycle -------------------------------------------------------------------------
     @bentoml.on_startup
@@ -219,7 +222,11 @@ class Localization:
             metrics.ERRORS.labels("invalid_input").inc()
             return bad_request(str(exc))  # type: ignore[return-value]
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
-        (response,) = await self._predict_captures([capture], req, started)
+        try:
+            (response,) = await self._predict_captures([capture], req, started)
+        except ModelOutputError as exc:
+            return self._broken_model(exc, "iq_b64" if req.iq_b64 is not None  # type: ignore
+                                      else "iq_data")
         metrics.PREDICTIONS.labels("predict").inc()
         metrics.WORKER_PREDICTIONS.inc()
         metrics.REQUEST_SECONDS.labels("predict").observe(time.perf_counter() - started)
@@ -242,7 +249,10 @@ class Localization:
             metrics.ERRORS.labels("invalid_input").inc()
             return bad_request(str(exc))  # type: ignore[return-value]
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
-        predictions = await self._predict_captures(captures, req, started)
+        try:
+            predictions = await self._predict_captures(captures, req, started)
+        except ModelOutputError as exc:
+            return self._broken_model(exc, f"{field}[{exc.index}]")  # type: ignore[return-value]
         elapsed = time.perf_counter() - started
         metrics.PREDICTIONS.labels("predict_batch").inc(len(predictions))
         metrics.WORKER_PREDICTIONS.inc(len(predictions))
@@ -250,6 +260,16 @@ class Localization:
         return BatchPredictionResponse(
             predictions=predictions, total_time_ms=1000.0 * elapsed,
             samples_per_second=len(predictions) / elapsed if elapsed > 0 else 0.0)
+
+    def _broken_model(self, exc: ModelOutputError, field: str) -> JSONResponse:
+        """A valid input answered with outputs no model may give: the model is at fault, so
+        a 5xx that names it (and the sample, so it can be reproduced), never a patched answer."""
+        metrics.ERRORS.labels("model_output").inc()
+        reason = str(exc).split(": ", 1)[1]
+        log.error("model %s returned invalid outputs (%s) for %s", self.tag, reason, field)
+        return JSONResponse({"error": f"model {self.tag} returned invalid outputs ({reason}) "
+                                      f"for {field}: the model is broken, not the request",
+                             "field": None}, status_code=500)
 
     def _decode_items(self, items: list[Any], field: str) -> list[np.ndarray]:
         """Validate every batch item; errors name `field[index]`."""
@@ -293,12 +313,16 @@ class Localization:
                            is_verbatim(captures[0], verbatim) else encode_capture(captures[i])
                            for i in misses]
                 results = await self.to_async.infer(payload)
-            fresh = self._responses(results, req, started)
+            try:
+                fresh = self._responses(results, req, started)
+            except ModelOutputError as exc:  # attribute it to the request's own index
+                raise ModelOutputError(misses[exc.index], str(exc).split(": ", 1)[1]) from None
             for i, response in zip(misses, fresh, strict=True):
                 out[i] = response
-            if req.cache_enabled:
+            if req.cache_enabled:  # only fixes: a no_fix answer is never served from cache
                 await self.cache.set_many([(keys[i], encode_value(out[i].model_dump(mode="json")))
-                                           for i in misses if out[i] is not None])
+                                           for i in misses
+                                           if out[i] is not None and out[i].quality == "fix"])
         elapsed_ms = 1000.0 * (time.perf_counter() - started)
         final = [r for r in out if r is not None]
         for response in final:
@@ -313,11 +337,9 @@ class Localization:
             metrics.ERRORS.labels("internal").inc()
             raise RuntimeError("batched inference rejected a validated capture")
         return build_predictions(
-            np.array([r["position"] for r in results]),
-            np.array([r["uncertainty"] for r in results]),
-            None if results[0]["confidence"] is None else
-            np.array([r["confidence"] for r in results]),
-            uncertainty_units=self.spec.uncertainty_units,
+            RawPredictions.stack(results),
+            spec=self.spec,
+            envelope=self.runtime.envelope,
             confidence_level=req.confidence_level,
             include_geojson=req.include_geojson,
             model_version=self.model_version,
@@ -331,11 +353,17 @@ class Localization:
         req = EllipseRequest.model_construct(**request)
         try:
             params = covariance_ellipse(req.sigma_x, req.sigma_y, req.rho, req.confidence_level)
-            feature = ellipse_feature(req.latitude, req.longitude, params, req.num_points,
-                                      {"sigma_x_m": req.sigma_x, "sigma_y_m": req.sigma_y,
-                                       "rho": req.rho})
         except UncertaintyInputError as exc:
             return bad_request(str(exc))  # type: ignore[return-value]
+        if not drawable(params.semi_major_m):  # name the sigma that makes it too large
+            field = "sigma_x" if req.sigma_x >= req.sigma_y else "sigma_y"
+            return bad_request(  # type: ignore[return-value]
+                f"{field}: at confidence_level {req.confidence_level:g} the ellipse's semi-major "
+                f"axis would be {params.semi_major_m / 1000:.6g} km, more than the "
+                f"{MAX_DRAWABLE_M / 1000:.0f} km an ellipse can span on the ellipsoid")
+        feature = ellipse_feature(req.latitude, req.longitude, params, req.num_points,
+                                  {"sigma_x_m": req.sigma_x, "sigma_y_m": req.sigma_y,
+                                   "rho": req.rho})
         return Ellipse(semi_major_m=params.semi_major_m, semi_minor_m=params.semi_minor_m,
                        orientation_deg=params.orientation_deg, area_m2=params.area_m2,
                        confidence_level=params.confidence_level, geojson=feature)

@@ -35,8 +35,7 @@ def predict_rows(runtime: ModelRuntime, rows: list[dict[str, Any]]) -> list[dict
                 else decode_iq_data(r["iq_data"], runtime.spec, MAX_SAMPLES) for r in rows]
     raw = runtime.predict(captures)
     responses = build_predictions(
-        raw.positions, raw.uncertainties, raw.confidence,
-        uncertainty_units=runtime.spec.uncertainty_units, confidence_level=0.95,
+        raw, spec=runtime.spec, envelope=runtime.envelope, confidence_level=0.95,
         include_geojson=False, model_version="baseline", inference_time_ms=0.0, session_id=None)
     return [r.model_dump(mode="json") for r in responses]
 

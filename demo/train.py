@@ -35,7 +35,15 @@ from demo.onnx_graph import (
 from utils.feature_spec import FeatureSpec
 from utils.preprocessing import preprocess
 from utils.synthetic import SceneConfig, generate_scenes
-from utils.uncertainty import confidence_scale, local_offsets_m, mahalanobis_sq, sigmas_deg_to_m
+from utils.quality import POWER_MAX_KEY, REGION_KEYS, SIGMA_MAX_KEY, channel_power_db
+from utils.uncertainty import (
+    ONE_SIGMA_PROBABILITY,
+    confidence_scale,
+    ellipse_axes,
+    local_offsets_m,
+    mahalanobis_sq,
+    sigmas_deg_to_m,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +87,15 @@ def _normalised_spec(base: FeatureSpec, iq: np.ndarray) -> FeatureSpec:
 
 
 def _dataset(cfg: TrainConfig, base: FeatureSpec, world: SceneConfig
-             ) -> tuple[FeatureSpec, np.ndarray, np.ndarray, np.ndarray]:
-    """(spec, features [N, 3C], targets [N, 2], mel inputs of the test split)."""
+             ) -> tuple[FeatureSpec, np.ndarray, np.ndarray, np.ndarray, float]:
+    """(spec, features [N, 3C], targets [N, 2], mel inputs of the test split, the strongest
+    receiver level in dB re full scale: the service's envelope of trained levels)."""
     n_test = int(round(cfg.n_scenes * cfg.test_fraction))
     test_start = cfg.n_scenes - n_test
     spec: FeatureSpec | None = None
     session: ort.InferenceSession | None = None
     features, targets, test_inputs = [], [], []
+    loudest = -np.inf
     for start in range(0, cfg.n_scenes, cfg.chunk):
         n = min(cfg.chunk, cfg.n_scenes - start)
         scenes = generate_scenes(n, cfg.seed, base, world, start=start)
@@ -94,12 +104,14 @@ def _dataset(cfg: TrainConfig, base: FeatureSpec, world: SceneConfig
             session = _session(feature_model(spec))
         assert session is not None
         mel = preprocess(scenes.iq, spec)
+        loudest = max(loudest, float(channel_power_db(scenes.iq).max()))
         features.append(session.run(None, {INPUT_NAME: mel})[0])
         targets.append(np.stack([scenes.tx_latitude, scenes.tx_longitude], axis=1))
         if start + n > test_start:
             test_inputs.append(mel[max(0, test_start - start):])
     assert spec is not None
-    return spec, np.concatenate(features), np.concatenate(targets), np.concatenate(test_inputs)
+    return (spec, np.concatenate(features), np.concatenate(targets),
+            np.concatenate(test_inputs), loudest)
 
 
 def _nll_and_grad(params: np.ndarray, z: np.ndarray, r: np.ndarray, l2: float
@@ -151,13 +163,24 @@ def ellipse_coverage(positions: np.ndarray, uncertainties: np.ndarray, truth: np
     return float(np.mean(d2 <= confidence_scale(confidence) ** 2))
 
 
+def _envelope_metrics(world: SceneConfig, positions: np.ndarray, uncertainties: np.ndarray,
+                      loudest_db: float) -> dict[str, float]:
+    """What the model was trained to answer, for the service to tell a fix from a non-fix."""
+    sx, sy = sigmas_deg_to_m(positions[:, 0], uncertainties[:, 0], uncertainties[:, 1])
+    rho = uncertainties[:, 2] if uncertainties.shape[1] > 2 else 0.0
+    semi_major, _, _, _ = ellipse_axes(sx, sy, rho, ONE_SIGMA_PROBABILITY)
+    return {REGION_KEYS[0]: world.lat_min, REGION_KEYS[1]: world.lat_max,
+            REGION_KEYS[2]: world.lon_min, REGION_KEYS[3]: world.lon_max,
+            SIGMA_MAX_KEY: float(semi_major.max()), POWER_MAX_KEY: loudest_db}
+
+
 def train_demo_model(cfg: TrainConfig | None = None, world: SceneConfig | None = None,
                      base_spec: FeatureSpec | None = None) -> TrainedDemo:
     cfg = cfg or TrainConfig()
     world = world or SceneConfig()
     base = base_spec or FeatureSpec()
     started = time.perf_counter()
-    spec, feats, targets, test_mel = _dataset(cfg, base, world)
+    spec, feats, targets, test_mel, loudest_db = _dataset(cfg, base, world)
     n = feats.shape[0]
     n_test = test_mel.shape[0]
     n_unc = int(round(n * cfg.uncertainty_fraction))
@@ -213,6 +236,8 @@ def train_demo_model(cfg: TrainConfig | None = None, world: SceneConfig | None =
         "ellipse_coverage_95": ellipse_coverage(positions, uncertainties, truth, 0.95),
         "ellipse_coverage_1sigma": ellipse_coverage(positions, uncertainties, truth, 0.3935),
         "sigma_scale": sigma_scale,
+        # the envelope of a fix (utils/quality.py): region, largest 1-sigma axis, loudest level
+        **_envelope_metrics(world, positions, uncertainties, loudest_db),
         "training_samples": float(n_fit + n_unc),
         "test_samples": float(n_test),
         "uncertainty_head_nll": float(fit_result.fun),

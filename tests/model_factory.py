@@ -14,8 +14,14 @@ from demo.bootstrap import register_onnx_model
 
 
 def toy_model(*, input_name: str = "mel_spectrogram", uncertainty_width: int = 3,
-              channels: int = 5, positions_name: str = "positions") -> onnx.ModelProto:
-    """Mean level per channel -> a linear position; constant sigmas (a valid toy otherwise)."""
+              channels: int = 5, positions_name: str = "positions",
+              nan_below_level: float | None = None) -> onnx.ModelProto:
+    """Mean level per channel -> a linear position; constant sigmas (a valid toy otherwise).
+
+    `nan_below_level`: a broken model whose sigmas turn NaN when the mean input level is below
+    it (silence reads -200 under the default spec, real scenes about -60): it passes the
+    import's smoke inference on realistic scenes and fails on silence.
+    """
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
@@ -30,8 +36,20 @@ def toy_model(*, input_name: str = "mel_spectrogram", uncertainty_width: int = 3
         helper.make_node("MatMul", ["level", "W"], ["p0"]),
         helper.make_node("Add", ["p0", "b"], [positions_name]),
         helper.make_node("MatMul", ["level", "Wu"], ["u0"]),
-        helper.make_node("Add", ["u0", "bu"], ["uncertainties"]),
+        helper.make_node("Add", ["u0", "bu"],
+                         ["uncertainties" if nan_below_level is None else "u1"]),
     ]
+    if nan_below_level is not None:
+        inits += [numpy_helper.from_array(np.array([1], np.int64), "channel_axis"),
+                  numpy_helper.from_array(np.array([-nan_below_level], np.float32), "shift"),
+                  numpy_helper.from_array(np.array([0.0], np.float32), "zero")]
+        nodes += [
+            helper.make_node("ReduceMean", ["level", "channel_axis"], ["overall"], keepdims=1),
+            helper.make_node("Add", ["overall", "shift"], ["margin"]),
+            helper.make_node("Sqrt", ["margin"], ["root"]),  # NaN below the level
+            helper.make_node("Mul", ["root", "zero"], ["poison"]),  # 0, or NaN
+            helper.make_node("Add", ["u1", "poison"], ["uncertainties"]),
+        ]
     graph = helper.make_graph(
         nodes, "toy",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,

@@ -3,6 +3,11 @@
 BentoML would try to parse a multipart or pickle body for a JSON API and fail with a 500
 (found by schemathesis); refusing every other media type up front also guarantees that no
 client-sent bytes ever reach a code-executing deserialiser.
+
+A request with more than one `Content-Type` header is refused with 400 on every POST route:
+Starlette and BentoML read the first of duplicates, other proxies the last, so a doubled header
+could be checked here as JSON and parsed downstream as multipart (it was: a 500). Refusing the
+ambiguity is the only reading that cannot disagree with the framework's.
 """
 
 from __future__ import annotations
@@ -12,26 +17,31 @@ import json
 from utils.limits import ASGIApp, Receive, Scope, Send
 
 
+async def _refuse(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message, "field": None}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class JSONOnly:
     def __init__(self, app: ASGIApp, paths: tuple[str, ...]) -> None:
         self.app = app
         self.paths = frozenset(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("method") == "POST" and \
-                scope.get("path") in self.paths:
-            content_type = b""
-            for name, value in scope.get("headers", []):
-                if name == b"content-type":
-                    content_type = value.split(b";")[0].strip().lower()
-            if content_type not in (b"application/json", b""):
-                body = json.dumps({
-                    "error": f"Content-Type must be application/json, got "
-                             f"{content_type.decode(errors='replace')[:100]}",
-                    "field": None}).encode()
-                await send({"type": "http.response.start", "status": 415,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            types = [value for name, value in scope.get("headers", [])
+                     if name == b"content-type"]
+            if len(types) > 1:
+                await _refuse(send, 400, f"Content-Type: sent {len(types)} times; send the "
+                                         "header once (application/json)")
+                return
+            content_type = types[0].split(b";")[0].strip().lower() if types else b""
+            if scope.get("path") in self.paths and \
+                    content_type not in (b"application/json", b""):
+                await _refuse(send, 415, "Content-Type must be application/json, got "
+                                         f"{content_type.decode(errors='replace')[:100]}")
                 return
         await self.app(scope, receive, send)

@@ -16,18 +16,10 @@ from typing import Any
 import numpy as np
 
 from utils.feature_spec import FeatureSpec
-from utils.preprocessing import InvalidCaptureError
+from utils.preprocessing import InvalidCaptureError, peak_amplitude
+from utils.quality import MAX_DB_OVER_FULL_SCALE, max_amplitude
 
 COMPLEX64_BYTES = 8
-
-
-def all_finite(iq: np.ndarray) -> bool:
-    """True when no NaN or infinity: one float64 reduction instead of a boolean mask.
-
-    A NaN or infinity anywhere makes the sum non-finite; finite float32 values cannot overflow
-    a float64 sum, so a finite sum proves every value finite.
-    """
-    return bool(np.isfinite(iq.view(np.float32).sum(dtype=np.float64)))
 
 
 def is_verbatim(capture: np.ndarray, text: str) -> bool:
@@ -55,11 +47,25 @@ def _finish(iq: np.ndarray, spec: FeatureSpec, max_samples: int, field: str) -> 
         raise InvalidCaptureError(
             f"{field}: {samples} samples per receiver, at least {spec.n_fft} (one frame) needed")
     iq = iq[:, : spec.samples_per_capture]
-    if not all_finite(iq):
-        raise InvalidCaptureError(f"{field}: contains NaN or infinite values")
+    check_amplitude(iq, spec, field)
     if channels != spec.n_channels:
         iq = np.broadcast_to(iq, (spec.n_channels, iq.shape[1]))
     return np.ascontiguousarray(iq, dtype=np.complex64)
+
+
+def check_amplitude(iq: np.ndarray, spec: FeatureSpec, field: str) -> None:
+    """Refuse NaN, infinities and samples no receiver records (`MAX_DB_OVER_FULL_SCALE`
+    above full scale); silence and everything in between are the model's to answer."""
+    peak = peak_amplitude(iq)
+    if not np.isfinite(peak):
+        raise InvalidCaptureError(f"{field}: contains NaN or infinite values")
+    limit = max_amplitude(spec)
+    if peak > limit:
+        raise InvalidCaptureError(
+            f"{field}: a sample of magnitude {peak:.3g} is more than "
+            f"{MAX_DB_OVER_FULL_SCALE:.0f} dB above full scale ({np.sqrt(spec.db_reference):g});"
+            f" no receiver records that, at most {limit:.3g} is accepted: scale the samples "
+            "so that full scale is 1.0")
 
 
 def decode_iq_data(value: list[Any], spec: FeatureSpec, max_samples: int,

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 from pyproj import Geod
 
-from utils.uncertainty import EllipseParams, validate_inputs
+from utils.uncertainty import (
+    MAX_DRAWABLE_M,
+    EllipseParams,
+    UncertaintyInputError,
+    drawable,
+    validate_inputs,
+)
 
 _GEOD = Geod(ellps="WGS84")
 
@@ -128,9 +134,16 @@ def ellipse_feature(
     latitude: float, longitude: float, ellipse: EllipseParams, num_points: int = 64,
     properties: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A GeoJSON `Feature` for the ellipse, its parameters in `properties`."""
-    validate_inputs(ellipse.semi_major_m, max(ellipse.semi_minor_m, 1e-300), 0.0,
-                    ellipse.confidence_level, latitude, longitude, num_points)
+    """A GeoJSON `Feature` for the ellipse, its parameters in `properties`.
+
+    Any ellipse up to `MAX_DRAWABLE_M` is drawn, a vanishing one included (its ring collapses
+    onto the centre); a larger one raises `UncertaintyInputError` naming `semi_major_m`.
+    """
+    validate_inputs(1.0, 1.0, 0.0, ellipse.confidence_level, latitude, longitude, num_points)
+    if not drawable(ellipse.semi_major_m):
+        raise UncertaintyInputError(
+            "semi_major_m", f"{ellipse.semi_major_m / 1000:.6g} km is larger than the "
+                            f"{MAX_DRAWABLE_M / 1000:.0f} km an ellipse can span on the ellipsoid")
     lons, lats = ellipse_ring(latitude, longitude, ellipse.semi_major_m, ellipse.semi_minor_m,
                               ellipse.orientation_deg, num_points)
     props: dict[str, Any] = {

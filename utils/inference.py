@@ -28,6 +28,8 @@ from utils.model_contract import (
     sha256_file,
 )
 from utils.preprocessing import preprocess_many
+from utils.quality import FixEnvelope, band_spread_db, channel_power_db, distinct_frames, \
+    noise_spread_db
 from utils.synthetic import generate_scenes
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,35 @@ class RawPredictions:
     positions: np.ndarray  # [B, 2] lat, lon degrees
     uncertainties: np.ndarray  # [B, 2|3]
     confidence: np.ndarray | None  # [B]
+    power_db: np.ndarray  # [B, C] mean power per receiver, dB re full scale
+    spread_db: np.ndarray  # [B, C] spread of the mel bands (signal vs flat noise)
+    frames: np.ndarray  # [B] independent STFT frames per capture
     preprocess_s: float
     model_s: float
+
+    def items(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per sample: the form results travel in between a batch and the
+        requests that share it (and over the batchable `infer` API)."""
+        return [{"position": self.positions[j].tolist(),
+                 "uncertainty": self.uncertainties[j].tolist(),
+                 "confidence": None if self.confidence is None else float(self.confidence[j]),
+                 "power_db": self.power_db[j].tolist(),
+                 "spread_db": self.spread_db[j].tolist(),
+                 "frames": int(self.frames[j])}
+                for j in range(self.positions.shape[0])]
+
+    @classmethod
+    def stack(cls, items: list[dict[str, Any]]) -> RawPredictions:
+        """Inverse of `items` for one request's share of a batch."""
+        confidence = None if items[0]["confidence"] is None else \
+            np.array([i["confidence"] for i in items], dtype=np.float64)
+        return cls(positions=np.array([i["position"] for i in items], dtype=np.float64),
+                   uncertainties=np.array([i["uncertainty"] for i in items], dtype=np.float64),
+                   confidence=confidence,
+                   power_db=np.array([i["power_db"] for i in items], dtype=np.float64),
+                   spread_db=np.array([i["spread_db"] for i in items], dtype=np.float64),
+                   frames=np.array([i["frames"] for i in items]),
+                   preprocess_s=0.0, model_s=0.0)
 
 
 def session_options(intra_threads: int, inter_threads: int) -> ort.SessionOptions:
@@ -107,6 +136,8 @@ class ModelRuntime:
                                                             else [])
         channels = self.session.get_inputs()[0].shape[1]
         self.spec, self.spec_source, self.warnings = self._spec(model_dir, metadata, channels)
+        self.envelope = FixEnvelope.for_model(self.spec, dict(metadata.get("metrics") or {}),
+                                              noise_spread_db(self.spec))
 
     @staticmethod
     def _spec(model_dir: Path, metadata: dict[str, Any], channels: object
@@ -122,6 +153,12 @@ class ModelRuntime:
         """Canonical captures -> model outputs, preprocessing and ONNX over the whole batch."""
         started = time.perf_counter()
         mel = preprocess_many(captures, self.spec)
+        cut = [c[..., : self.spec.samples_per_capture] for c in captures]
+        channels = self.spec.n_channels
+        power = np.stack([np.broadcast_to(channel_power_db(c.reshape(-1, c.shape[-1])),
+                                          (channels,)) for c in cut])
+        spread = band_spread_db(mel, self.spec)
+        frames = np.array([distinct_frames(c.shape[-1], self.spec) for c in cut])
         prepared = time.perf_counter()
         outputs = self.session.run(self.output_names, {INPUT_NAME: mel})
         finished = time.perf_counter()
@@ -132,6 +169,9 @@ class ModelRuntime:
             positions=np.asarray(outputs[0], dtype=np.float64),
             uncertainties=np.asarray(outputs[1], dtype=np.float64),
             confidence=confidence,
+            power_db=power,
+            spread_db=spread,
+            frames=frames,
             preprocess_s=prepared - started,
             model_s=finished - prepared,
         )

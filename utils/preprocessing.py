@@ -86,30 +86,53 @@ def _as_batch(iq: np.ndarray, spec: FeatureSpec) -> np.ndarray:
             f"capture too short: {samples} samples, at least {spec.n_fft} (one frame) needed"
         )
     arr = arr[:, :, : spec.samples_per_capture].astype(np.complex64, copy=False)
-    if not np.isfinite(arr.view(np.float32)).all():
+    if not np.isfinite(peak_amplitude(arr)):
         raise InvalidCaptureError("capture contains NaN or infinite values")
     return arr
 
 
+def peak_amplitude(iq: np.ndarray) -> float:
+    """Largest |I| or |Q| of a complex64 capture: NaN or infinity when any value is one."""
+    values = np.ascontiguousarray(iq).view(np.float32)
+    return float(np.abs(values).max()) if values.size else 0.0
+
+
+#: Above this peak |I| or |Q| a float32 power spectrum could overflow (an FFT bin sums n_fft
+#: windowed samples, then squares): such captures are computed in float64 instead, so the
+#: features stay finite over float32's whole range. Far above anything a receiver records.
+FLOAT32_SAFE_AMPLITUDE = 2.0**48
+
+
 def preprocess(iq: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Complex IQ `[B, C, S]` (or `[C, S]`) -> normalised log-mel `[B, C, n_mels, n_frames]`."""
+    """Complex IQ `[B, C, S]` (or `[C, S]`) -> normalised log-mel `[B, C, n_mels, n_frames]`.
+
+    Finite for every finite float32 input: silence reads as the power floor, and captures loud
+    enough to overflow a float32 spectrum are computed in float64 (the rare path).
+    """
     batch = _as_batch(iq, spec)
+    if peak_amplitude(batch) > FLOAT32_SAFE_AMPLITUDE:
+        return _log_mel(batch.astype(np.complex128), spec, np.float64)
+    return _log_mel(batch, spec, np.float32)
+
+
+def _log_mel(batch: np.ndarray, spec: FeatureSpec, real: type[np.floating]) -> np.ndarray:
     frames = sliding_window_view(batch, spec.n_fft, axis=-1)[:, :, :: spec.hop_length, :]
     available = frames.shape[2]
     if available < spec.n_frames:
         frames = frames[:, :, np.arange(spec.n_frames) % available, :]
     else:
         frames = frames[:, :, : spec.n_frames, :]
-    window = spec.window_values
+    window = spec.window_values.astype(real, copy=False)
     windowed = (frames * window).reshape(-1, spec.n_fft)
     # scipy's pocketfft keeps complex64 and runs ~3x faster than numpy's on these shapes.
     spectrum = scipy.fft.fft(windowed, axis=-1, overwrite_x=True)
     power = spectrum.real**2 + spectrum.imag**2
     power = np.fft.fftshift(power, axes=-1)
-    power *= np.float32(1.0 / float(window.sum()) ** 2)
-    mel = (power @ spec.filterbank).reshape(*frames.shape[:3], spec.n_mels)  # [B, C, F, M]
-    db = 10.0 * np.log10(np.maximum(mel, np.float32(spec.power_floor)) / spec.db_reference)
-    normalised = (db - np.float32(spec.norm_mean_db)) * np.float32(1.0 / spec.norm_std_db)
+    power *= real(1.0 / float(window.sum()) ** 2)
+    filterbank = spec.filterbank.astype(real, copy=False)
+    mel = (power @ filterbank).reshape(*frames.shape[:3], spec.n_mels)  # [B, C, F, M]
+    db = 10.0 * np.log10(np.maximum(mel, real(spec.power_floor)) / real(spec.db_reference))
+    normalised = (db - real(spec.norm_mean_db)) * real(1.0 / spec.norm_std_db)
     return np.ascontiguousarray(normalised.transpose(0, 1, 3, 2), dtype=np.float32)
 
 

@@ -1,9 +1,12 @@
-"""Model outputs -> `PredictionResponse`: units, ellipse and GeoJSON by SPEC §5.
+"""Model outputs -> `PredictionResponse`: units, ellipse and GeoJSON by SPEC §5, and a verdict.
 
 Kept apart from the service so the exact response can be computed (and tested) without a
-server.  Model outputs are sanitised rather than trusted: a sigma that rounds to zero is
-floored at a millimetre and rho is kept inside (-1, 1), because the ellipse of a degenerate
-covariance is undefined and a model glitch must not turn into a 500.
+server.  Model outputs are checked, never patched into confidence: a non-finite position or
+sigma, a sigma <= 0 or |rho| > 1 is a broken model (`ModelOutputError`, which the service turns
+into a 5xx naming the model), while a finite answer from an input the model was not trained for
+is returned as it is with `quality: "no_fix"` and the reasons (`utils.quality`).  The only
+adjustments make the numbers *less* certain: a sigma below a millimetre is raised to one, and
+|rho| is kept a hair below 1 so the ellipse of a near-degenerate covariance exists.
 """
 
 from __future__ import annotations
@@ -12,13 +15,17 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from utils.feature_spec import FeatureSpec
 from utils.geojson import ellipse_feature
+from utils.inference import RawPredictions
+from utils.quality import FixEnvelope, assess
 from utils.schemas import Ellipse, Position, PredictionResponse, Uncertainty
 from utils.uncertainty import (
-    MAX_SIGMA_M,
+    MAX_DRAWABLE_M,
     MIN_SIGMA_M,
     ONE_SIGMA_PROBABILITY,
     EllipseParams,
+    drawable,
     ellipse_axes,
     model_uncertainty_to_metres,
 )
@@ -26,16 +33,39 @@ from utils.uncertainty import (
 MAX_ABS_RHO = 0.999_999
 
 
+class ModelOutputError(RuntimeError):
+    """The model answered a valid input with outputs no model may give: it is broken."""
+
+    def __init__(self, index: int, message: str) -> None:
+        self.index = index
+        super().__init__(f"sample {index}: {message}")
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def check_outputs(raw: RawPredictions) -> None:
+    """Raise `ModelOutputError` for the first sample whose outputs break SPEC §2."""
+    u = raw.uncertainties
+    checks = (
+        (~np.isfinite(raw.positions).all(axis=1), "non-finite position"),
+        (~np.isfinite(u).all(axis=1), "non-finite uncertainties"),
+        (~(u[:, :2] > 0.0).all(axis=1), "sigma <= 0"),
+        (np.abs(u[:, 2]) > 1.0 if u.shape[1] == 3 else np.zeros(len(u), bool), "|rho| > 1"),
+        (~np.isfinite(raw.confidence) if raw.confidence is not None else
+         np.zeros(len(u), bool), "non-finite confidence"),
+    )
+    for bad, what in checks:
+        if bad.any():
+            raise ModelOutputError(int(np.argmax(bad)), what)
+
+
 def build_predictions(
-    positions: np.ndarray,
-    uncertainties: np.ndarray,
-    confidence: np.ndarray | None,
+    raw: RawPredictions,
     *,
-    uncertainty_units: str,
+    spec: FeatureSpec,
+    envelope: FixEnvelope,
     confidence_level: float,
     include_geojson: bool,
     model_version: str,
@@ -45,23 +75,32 @@ def build_predictions(
     num_points: int = 64,
 ) -> list[PredictionResponse]:
     """One response per row, vectorised over the batch except for the optional GeoJSON."""
-    lat = np.clip(positions[:, 0], -90.0, 90.0)
-    lon = (positions[:, 1] + 180.0) % 360.0 - 180.0
-    sx, sy, rho = model_uncertainty_to_metres(lat, uncertainties, uncertainty_units)
-    sx = np.clip(np.nan_to_num(sx, nan=MIN_SIGMA_M), MIN_SIGMA_M, MAX_SIGMA_M)
-    sy = np.clip(np.nan_to_num(sy, nan=MIN_SIGMA_M), MIN_SIGMA_M, MAX_SIGMA_M)
-    rho = np.clip(np.nan_to_num(rho), -MAX_ABS_RHO, MAX_ABS_RHO)
+    check_outputs(raw)
+    lat = np.clip(raw.positions[:, 0], -90.0, 90.0)
+    lon = (raw.positions[:, 1] + 180.0) % 360.0 - 180.0
+    sx, sy, rho = model_uncertainty_to_metres(lat, raw.uncertainties, spec.uncertainty_units)
+    sx, sy = np.maximum(sx, MIN_SIGMA_M), np.maximum(sy, MIN_SIGMA_M)
+    rho = np.clip(rho, -MAX_ABS_RHO, MAX_ABS_RHO)
     a, b, theta, area = ellipse_axes(sx, sy, rho, confidence_level)
+    one_sigma_major, _, _, _ = ellipse_axes(sx, sy, rho, ONE_SIGMA_PROBABILITY)
+    verdicts = assess(lat, lon, one_sigma_major, raw.power_db, raw.spread_db, raw.frames,
+                      envelope, spec)
     stamp = utc_now()
     out = []
-    for i in range(positions.shape[0]):
+    for i in range(lat.shape[0]):
         params = EllipseParams(float(a[i]), float(b[i]), float(theta[i]), float(area[i]),
                                confidence_level)
+        warnings = list(verdicts[i].warnings)
         geojson = None
-        if include_geojson:
+        if include_geojson and drawable(params.semi_major_m):
             geojson = ellipse_feature(float(lat[i]), float(lon[i]), params, num_points,
                                       {"sigma_x_m": float(sx[i]), "sigma_y_m": float(sy[i]),
                                        "rho": float(rho[i])})
+        elif include_geojson:
+            warnings.append(f"GeoJSON omitted: the ellipse's semi-major axis "
+                            f"({params.semi_major_m / 1000:.4g} km) is larger than the "
+                            f"{MAX_DRAWABLE_M / 1000:.0f} km an ellipse can span on the "
+                            "ellipsoid")
         out.append(PredictionResponse(
             position=Position(latitude=float(lat[i]), longitude=float(lon[i])),
             uncertainty=Uncertainty(sigma_x=float(sx[i]), sigma_y=float(sy[i]),
@@ -70,7 +109,10 @@ def build_predictions(
             ellipse=Ellipse(semi_major_m=params.semi_major_m, semi_minor_m=params.semi_minor_m,
                             orientation_deg=params.orientation_deg, area_m2=params.area_m2,
                             confidence_level=confidence_level, geojson=geojson),
-            confidence=None if confidence is None else float(np.clip(confidence[i], 0.0, 1.0)),
+            quality=verdicts[i].quality,
+            warnings=warnings,
+            confidence=None if raw.confidence is None else
+            float(np.clip(raw.confidence[i], 0.0, 1.0)),
             model_version=model_version,
             inference_time_ms=inference_time_ms,
             cache_hit=cache_hit,

@@ -7,11 +7,17 @@ more than the model itself.  Its OpenAPI schema still states the exact shape.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from utils.uncertainty import MAX_POINTS, MAX_SIGMA_M, MIN_POINTS, MIN_SIGMA_M
+from utils.uncertainty import (
+    MAX_DRAWABLE_M,
+    MAX_POINTS,
+    MIN_POINTS,
+    MIN_SIGMA_M,
+    confidence_scale,
+)
 
 _PAIR = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 _CAPTURE = {"type": "array", "items": _PAIR, "description": "one receiver: [[I, Q], ...]"}
@@ -90,6 +96,14 @@ class PredictionResponse(BaseModel):
     position: Position
     uncertainty: Uncertainty
     ellipse: Ellipse
+    quality: Literal["fix", "no_fix"] = Field(
+        description="\"fix\" when the answer is within what the model was trained to give; "
+                    "\"no_fix\" when it is not (too few receivers hear a signal, a level "
+                    "beyond training, a position outside the model's region, an uncertainty "
+                    "beyond what the model produces): the numbers are then the model's raw "
+                    "answer, not a position. A no_fix answer is never cached.")
+    warnings: list[str] = Field(default_factory=list,
+                                description="why the answer is not a fix, or what to be aware of")
     confidence: float | None = Field(description="model confidence in [0, 1], null when the "
                                                  "model has no confidence output")
     model_version: str
@@ -105,15 +119,20 @@ class BatchPredictionResponse(BaseModel):
     samples_per_second: float
 
 
+_DRAWABLE = (f"The ellipse at `confidence_level` must fit on the ellipsoid: its semi-major "
+             f"axis may not exceed {MAX_DRAWABLE_M:g} m (at 0.95, a 1-sigma of at most "
+             f"{MAX_DRAWABLE_M / float(confidence_scale(0.95)):.3g} m); a larger one is refused naming the larger sigma.")
+
+
 class EllipseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latitude: float = Field(ge=-90.0, le=90.0, allow_inf_nan=False)
     longitude: float = Field(ge=-180.0, le=180.0, allow_inf_nan=False)
-    sigma_x: float = Field(ge=MIN_SIGMA_M, le=MAX_SIGMA_M, allow_inf_nan=False,
-                           description="1-sigma east, metres")
-    sigma_y: float = Field(ge=MIN_SIGMA_M, le=MAX_SIGMA_M, allow_inf_nan=False,
-                           description="1-sigma north, metres")
+    sigma_x: float = Field(ge=MIN_SIGMA_M, le=MAX_DRAWABLE_M, allow_inf_nan=False,
+                           description="1-sigma east, metres. " + _DRAWABLE)
+    sigma_y: float = Field(ge=MIN_SIGMA_M, le=MAX_DRAWABLE_M, allow_inf_nan=False,
+                           description="1-sigma north, metres. " + _DRAWABLE)
     rho: float = Field(default=0.0, gt=-1.0, lt=1.0, allow_inf_nan=False)
     confidence_level: Confidence = 0.95
     num_points: int = Field(default=64, ge=MIN_POINTS, le=MAX_POINTS)

@@ -24,6 +24,9 @@ MAX_POINTS = 4096
 #: it the squares of the sigmas under- or overflow and no ellipse exists on the globe anyway.
 MIN_SIGMA_M = 1e-3
 MAX_SIGMA_M = 2.0e7
+#: Largest semi-major axis drawn as GeoJSON: a quarter meridian. A larger ellipse covers more
+#: than a hemisphere; its ring in longitude/latitude no longer bounds one unambiguous area.
+MAX_DRAWABLE_M = 1.0e7
 #: Probability held by the 1-sigma ellipse of a 2-D Gaussian (what `confidence_interval` states).
 ONE_SIGMA_PROBABILITY = float(-np.expm1(-0.5))
 
@@ -182,6 +185,11 @@ def ellipse_axes(
     circle = disc <= 1e-12 * half_trace
     orientation = np.where(circle, 0.0, bearing)
     return semi_major, semi_minor, orientation, np.pi * semi_major * semi_minor
+
+
+def drawable(semi_major_m: float) -> bool:
+    """True when an ellipse with this semi-major axis can be drawn on the ellipsoid."""
+    return bool(np.isfinite(semi_major_m) and 0.0 <= semi_major_m <= MAX_DRAWABLE_M)
 
 
 def covariance_ellipse(
