@@ -174,3 +174,26 @@ def test_any_finite_capture_gives_finite_input(real: np.ndarray) -> None:
     out = preprocess(iq, small_spec)
     assert out.shape == (real.shape[0], 2, 8, 4)
     assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("amplitude", [1e-30, 1e-6, 1.0, 1e12, 1e20, 1e30, 3e38])
+def test_features_are_finite_and_exact_over_float32s_whole_range(amplitude: float) -> None:
+    """Power in float32 overflows above ~1e17 per sample (an FFT bin sums n_fft of them, then
+    squares): loud captures take the float64 path and still match the float64 reference."""
+    spec = FeatureSpec()
+    rng = np.random.default_rng(3)
+    unit = rng.standard_normal((5, spec.samples_per_capture, 2))
+    unit /= np.abs(unit).max()
+    capture = iq_pairs_to_complex(unit * np.float32(amplitude)) if amplitude < 3.4e38 else \
+        iq_pairs_to_complex((unit * 3e38).astype(np.float32))
+    got = preprocess(capture, spec)[0]
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    np.testing.assert_allclose(got, reference_log_mel(capture, spec), atol=2e-3, rtol=1e-5)
+
+
+def test_silence_and_dc_are_finite() -> None:
+    spec = FeatureSpec()
+    silence = np.zeros((5, spec.samples_per_capture), np.complex64)
+    assert (preprocess(silence, spec) == np.float32(10 * np.log10(spec.power_floor))).all()
+    dc = np.full((5, spec.samples_per_capture), np.float32(3e38), np.complex64)
+    assert np.isfinite(preprocess(dc, spec)).all()
