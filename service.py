@@ -17,6 +17,7 @@ in-process HTTP client, whose session refresh every 100 calls breaks requests in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -394,6 +395,7 @@ class Localization:
             avg_latency_ms=avg_ms,
             cache_hit_rate=hit_rate,
             warnings=list(self.runtime.warnings),
+            fix_envelope=dataclasses.asdict(self.runtime.envelope),
         )
 
 

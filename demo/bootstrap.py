@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
 import sys
 import tempfile
 import time
@@ -203,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-embedded", action="store_true",
                         help="do nothing when MLFLOW_TRACKING_URI points at a registry of your "
                         "own (used by `make serve`)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="also write the version's training metrics to this JSON file "
+                        "(the README's demo-model figures come from benchmarks/results/"
+                        "demo_model.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -213,8 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = bootstrap(tracking_uri=args.tracking_uri, force=args.force, n_scenes=args.scenes,
                        seed=args.seed)
-    print(json.dumps({"name": result.name, "version": result.version, "created": result.created,
-                      "run_id": result.run_id, "metrics": result.metrics}, sort_keys=True))
+    summary = {"name": result.name, "version": result.version, "created": result.created,
+               "run_id": result.run_id, "metrics": result.metrics}
+    print(json.dumps(summary, sort_keys=True))
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(
+            {**summary, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return 0
 
 

@@ -161,6 +161,13 @@ def test_edge_captures_in_one_batch_do_not_fail_their_neighbours(
     assert single["position"] == pytest.approx(predictions[-1]["position"], rel=1e-5)
 
 
+def test_model_info_states_the_fix_envelope(server: Server) -> None:
+    envelope = httpx.get(f"{server.url}/model/info", timeout=10).json()["fix_envelope"]
+    assert envelope["source"] == "training"  # the demo model logs its region and sigma range
+    assert envelope["lat_min"] < 44.3 and envelope["lat_max"] > 45.8
+    assert envelope["min_live"] == 3 and 50_000 < envelope["max_sigma_m"] < 500_000
+
+
 def test_a_fix_is_cached_and_a_non_fix_is_not(server: Server, spec: FeatureSpec) -> None:
     scene = generate_scenes(1, seed=23, spec=spec).iq[0]
     body = {"iq_b64": encode_capture(scene), "session_id": "edge-cache"}

@@ -21,16 +21,20 @@ from utils.uncertainty import (
 
 _PAIR = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 _CAPTURE = {"type": "array", "items": _PAIR, "description": "one receiver: [[I, Q], ...]"}
+_AMPLITUDE = ("Samples are in full-scale units (full scale 1.0); every value must be finite and "
+              "at most 1e6 in magnitude (120 dB above full scale, beyond any receiver): larger "
+              "values are refused with 400 naming the field.")
 IQ_DATA_SCHEMA: dict[str, Any] = {
     "description": "IQ as [[I, Q], ...] (one receiver) or [[[I, Q], ...], ...] (one capture "
-                   "per receiver, in the feature spec's receiver order)",
+                   "per receiver, in the feature spec's receiver order). " + _AMPLITUDE,
     "oneOf": [_CAPTURE, {"type": "array", "items": _CAPTURE}],
 }
 
 IQData = Annotated[list[Any], WithJsonSchema(IQ_DATA_SCHEMA)]
 IQBase64 = Annotated[str, Field(
     min_length=1,
-    description="base64 of little-endian complex64 samples, shape [channels, samples] row-major",
+    description="base64 of little-endian complex64 samples, shape [channels, samples] "
+                "row-major. " + _AMPLITUDE,
 )]
 Confidence = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
 
@@ -156,3 +160,7 @@ class ModelInfo(BaseModel):
     avg_latency_ms: float | None
     cache_hit_rate: float | None
     warnings: list[str]
+    fix_envelope: dict[str, Any] = Field(
+        description="what a prediction must stay within to be a fix (`quality`): region, "
+                    "largest 1-sigma axis, strongest level, receivers that must hear a signal; "
+                    "`source` says whether it comes from the training metrics or the receivers")
