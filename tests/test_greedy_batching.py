@@ -1,0 +1,189 @@
+"""The greedy batcher without a server: a fake batch function gated by events, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from utils.greedy_batching import BatchRecord, BatcherClosed, GreedyBatcher, Overloaded
+
+
+class Gate:
+    """A batch function that records its batches and holds each until released."""
+
+    def __init__(self, fail_on: set[int] | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.fail_on = fail_on or set()
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.started.set()
+        await self.release.wait()
+        if self.fail_on & set(items):
+            raise ValueError(f"bad item in {items}")
+        return [i * 10 for i in items]
+
+
+def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(scenario())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0)
+
+
+def test_idle_item_is_dispatched_at_once() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        records: list[BatchRecord] = []
+        batcher = GreedyBatcher(gate, max_batch_size=8, wait_budget_s=10, observer=records.append)
+        task = asyncio.create_task(batcher.submit(1))
+        await asyncio.wait_for(gate.started.wait(), 1)  # started with nothing else queued
+        assert gate.batches == [[1]]
+        gate.release.set()
+        assert await task == 10
+        assert records[0].reason == "idle" and records[0].size == 1
+
+    run(scenario)
+
+
+def test_busy_items_queue_and_leave_together_in_order() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        records: list[BatchRecord] = []
+        batcher = GreedyBatcher(gate, max_batch_size=4, wait_budget_s=10, observer=records.append)
+        first = asyncio.create_task(batcher.submit(0))
+        await gate.started.wait()
+        rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 7)]
+        await until(lambda: batcher.queued == 6)
+        gate.release.set()
+        assert await first == 0
+        assert [await t for t in rest] == [10, 20, 30, 40, 50, 60]
+        assert gate.batches == [[0], [1, 2, 3, 4], [5, 6]]
+        assert [r.reason for r in records] == ["idle", "full", "queued"]
+        assert [r.size for r in records] == [1, 4, 2]
+
+    run(scenario)
+
+
+def test_a_failing_item_does_not_fail_its_neighbours() -> None:
+    async def scenario() -> None:
+        gate = Gate(fail_on={3})
+        batcher = GreedyBatcher(gate, max_batch_size=8, wait_budget_s=10)
+        blocker = asyncio.create_task(batcher.submit(0))
+        await gate.started.wait()
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in (2, 3, 4)]
+        await until(lambda: batcher.queued == 3)
+        gate.release.set()
+        await blocker
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert results[0] == 20 and results[2] == 40
+        assert isinstance(results[1], ValueError)
+        assert gate.batches[1:] == [[2, 3, 4], [2], [3], [4]]  # retried one by one
+
+    run(scenario)
+
+
+def test_a_caller_that_goes_away_frees_its_slot() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        batcher = GreedyBatcher(gate, max_batch_size=8, wait_budget_s=10)
+        blocker = asyncio.create_task(batcher.submit(0))
+        await gate.started.wait()
+        gone = asyncio.create_task(batcher.submit(1))
+        stays = asyncio.create_task(batcher.submit(2))
+        await until(lambda: batcher.queued == 2)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert batcher.queued == 1
+        gate.release.set()
+        await blocker
+        assert await stays == 20
+        assert gate.batches == [[0], [2]]  # the departed item was never computed
+
+    run(scenario)
+
+
+def test_overload_is_refused_early_with_the_expected_wait() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        batcher = GreedyBatcher(gate, max_batch_size=2, wait_budget_s=2.5)
+        batcher._batch_s = 1.0  # a measured batch duration: 1 s per batch of 2
+        blocker = asyncio.create_task(batcher.submit(0))
+        await gate.started.wait()
+        queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        await until(lambda: batcher.queued == 2)
+        # in flight ~1 s + two batches ahead (3 items / 2) = ~3 s > 2.5 s
+        with pytest.raises(Overloaded) as info:
+            await batcher.submit(3)
+        assert 2.5 < info.value.retry_after_s <= 3.0
+        gate.release.set()
+        await asyncio.gather(blocker, *queued)
+        assert batcher.expected_wait_s() == 0.0  # idle again: nothing remembered
+
+    run(scenario)
+
+
+def test_shutdown_drains_or_cancels() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        batcher = GreedyBatcher(gate, max_batch_size=8, wait_budget_s=10)
+        blocker = asyncio.create_task(batcher.submit(0))
+        await gate.started.wait()
+        queued = asyncio.create_task(batcher.submit(1))
+        await until(lambda: batcher.queued == 1)
+        gate.release.set()
+        await batcher.shutdown(drain=True)
+        assert (await blocker, await queued) == (0, 10)
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(2)
+
+        gate2 = Gate()
+        cancelling = GreedyBatcher(gate2, max_batch_size=8, wait_budget_s=10)
+        running = asyncio.create_task(cancelling.submit(0))
+        await gate2.started.wait()
+        waiting = asyncio.create_task(cancelling.submit(1))
+        await until(lambda: cancelling.queued == 1)
+        stop = asyncio.create_task(cancelling.shutdown(drain=False))
+        with pytest.raises(BatcherClosed):
+            await waiting
+        gate2.release.set()
+        await stop
+        assert await running == 0  # the batch in flight completes
+
+    run(scenario)
+
+
+def test_queue_delay_gathers_items_when_asked() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        gate.release.set()
+        batcher = GreedyBatcher(gate, max_batch_size=3, wait_budget_s=10, queue_delay_s=5.0)
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+        assert await asyncio.wait_for(asyncio.gather(*tasks), 1) == [0, 10, 20]
+        assert gate.batches == [[0, 1, 2]]  # full before the delay ran out: left at once
+
+    run(scenario)
+
+
+def test_no_hangover_after_a_burst() -> None:
+    """After any burst, the next lone item is dispatched as an idle one, immediately."""
+    async def scenario() -> None:
+        gate = Gate()
+        gate.release.set()
+        records: list[BatchRecord] = []
+        batcher = GreedyBatcher(gate, max_batch_size=4, wait_budget_s=100,
+                                observer=records.append)
+        await asyncio.gather(*(batcher.submit(i) for i in range(50)))
+        records.clear()
+        assert await batcher.submit(99) == 990
+        assert records[0].reason == "idle" and records[0].size == 1
+
+    run(scenario)
