@@ -7,8 +7,8 @@ The service class only wires the framework-free modules in `utils/`: decoding an
 
 Batching: `/predict` and `/predict_batch` hand their validated captures to one batched
 inference (`_infer_batch`: preprocessing + ONNX over the whole batch), so concurrent single
-requests are batched together by BentoML's adaptive dispatcher. `BATCH_DISPATCH=inprocess`
-(default) submits them to that dispatcher inside the worker (`utils/batching.py`);
+requests run as one batch. `BATCH_DISPATCH=greedy` (default) batches them in the worker without
+any memory of past load, `cork` with BentoML's own dispatcher in the worker (`utils/batching.py`);
 `BATCH_DISPATCH=proxy` calls the batchable `infer` API through `self.to_async.infer`, BentoML's
 in-process HTTP client, whose session refresh every 100 calls breaks requests in flight in
 1.4.30-1.4.40 (bentoml#5540): `runner_connection` raises both refresh limits out of reach.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ import numpy as np  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 
 from utils import log_filters, metrics  # noqa: E402
-from utils.batching import InProcessBatcher  # noqa: E402
+from utils.batching import make_batcher  # noqa: E402
+from utils.greedy_batching import BatchRecord, Overloaded  # noqa: E402
 from utils.cache import cache_key, decode_value, encode_value, make_cache  # noqa: E402
 from utils.config import get_settings  # noqa: E402
 from utils.content_type import JSONOnly  # noqa: E402
@@ -106,6 +108,22 @@ def _preflight() -> None:
 _preflight()
 
 
+def _observe_batch(record: BatchRecord) -> None:
+    """Greedy batcher -> metrics: why each batch left, and each item's queue wait."""
+    metrics.BATCHES.labels(record.reason).inc()
+    for wait in record.waits_s:
+        metrics.QUEUE_WAIT_SECONDS.observe(wait)
+
+
+def overloaded(exc: Overloaded) -> JSONResponse:
+    """503 with the expected wait as `Retry-After`: the client learns when to come back."""
+    metrics.OVERLOADED.inc()
+    return JSONResponse({"error": f"overloaded: {exc}; retry after "
+                                  f"{exc.retry_after_s:.1f} s", "field": None},
+                        status_code=503,
+                        headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+
+
 def bad_request(message: str, status: int = 400) -> JSONResponse:
     """4xx with `{"error": ..., "field": ...}`; the field is the message's prefix."""
     field = message.split(":", 1)[0] if ":" in message else None
@@ -141,9 +159,11 @@ class Localization:
         self.model_version = f"{meta.get('mlflow_version', stored.tag.version)}+" \
                              f"{self.runtime.sha256[:12]}"
         self.loaded_at = utc_now()
-        self.batcher = InProcessBatcher(self._infer_batch, settings.batch_max_size,
-                                        settings.batch_max_latency_ms) \
-            if settings.batch_dispatch == "inprocess" else None
+        self.batcher = make_batcher(
+            settings.batch_dispatch, self._infer_batch, max_batch_size=settings.batch_max_size,
+            max_latency_ms=settings.batch_max_latency_ms,
+            wait_budget_s=settings.batch_wait_budget_s,
+            queue_delay_s=settings.batch_queue_delay_ms / 1000.0, observer=_observe_batch)
         self.cache = make_cache(settings.redis_url, settings.cache_ttl_seconds,
                                 settings.cache_max_entries, settings.redis_timeout_ms)
         self.ready = False
@@ -203,9 +223,9 @@ class Localization:
 
     @bentoml.on_shutdown
     async def _close_cache(self) -> None:
-        await self.cache.close()
         if self.batcher is not None:
-            self.batcher.shutdown()
+            await self.batcher.shutdown()
+        await self.cache.close()
 
     # --- public API -----------------------------------------------------------------------
     @bentoml.api(route="/predict", input_spec=PredictRequest)
@@ -225,6 +245,8 @@ class Localization:
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         try:
             (response,) = await self._predict_captures([capture], req, started)
+        except Overloaded as exc:
+            return overloaded(exc)  # type: ignore[return-value]
         except ModelOutputError as exc:
             return self._broken_model(exc, "iq_b64" if req.iq_b64 is not None  # type: ignore
                                       else "iq_data")
@@ -252,6 +274,8 @@ class Localization:
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         try:
             predictions = await self._predict_captures(captures, req, started)
+        except Overloaded as exc:
+            return overloaded(exc)  # type: ignore[return-value]
         except ModelOutputError as exc:
             return self._broken_model(exc, f"{field}[{exc.index}]")  # type: ignore[return-value]
         elapsed = time.perf_counter() - started

@@ -1,49 +1,93 @@
-"""In-process adaptive batching: BentoML's own dispatcher, without the HTTP hop.
+"""How `/predict` and `/predict_batch` reach the one batched inference (`BATCH_DISPATCH`).
 
-`/predict` and `/predict_batch` can reach the batched inference in two ways
-(`BATCH_DISPATCH`):
+- `greedy` (default, `utils/greedy_batching.py`): dispatch at once when idle, batch what queued
+  while busy, 503 with `Retry-After` only when the expected wait exceeds the wait budget. No
+  memory of past load: a lone request after a burst is as fast as on a fresh server.
+- `cork`: BentoML's own adaptive dispatcher (`CorkDispatcher`, the algorithm behind
+  `batchable=True`) living in the worker, without the HTTP hop. Its wait estimate remembers past
+  queueing, so a burst slows later lone requests for minutes (README, Batching); kept to compare.
+  It lives in BentoML's private package and is imported only when selected: a BentoML that moves
+  it fails loudly here (and in `tests/test_greedy_batching.py`), not on the default path.
+- `proxy`: no batcher here; the service calls its batchable `infer` API through
+  `self.to_async.infer` (BentoML's documented route, CORK behind an in-process HTTP client).
 
-- `inprocess` (default): each capture is submitted to BentoML's `CorkDispatcher` (the same
-  adaptive algorithm and 503-on-budget semantics its `batchable=True` APIs use) living in the
-  worker, and the batch runs in a worker thread. No serialisation, no second pass through the
-  middleware stack: measured 1.8x the throughput of the proxy path (README, Batching).
-- `proxy`: through `self.to_async.infer`, BentoML's documented route to a batchable API, which
-  travels through its in-process HTTP client.
-
-`CorkDispatcher` is imported from BentoML's internal package: pinned with bentoml==1.4.40, and
-the proxy path remains for a BentoML where it moved.
+In all three the batch runs in a worker thread, so the event loop keeps accepting requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
 
 import anyio.to_thread
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
-from bentoml.exceptions import ServiceUnavailable
+
+from utils.greedy_batching import BatchRecord, GreedyBatcher
+
+Dispatch = Literal["greedy", "cork", "proxy"]
+#: Private BentoML symbol behind `cork`; a test imports it by this name.
+CORK_DISPATCHER = "bentoml._internal.marshal.dispatcher.CorkDispatcher"
 
 
-def _overloaded() -> Any:
-    raise ServiceUnavailable("batch latency budget exceeded (BATCH_MAX_LATENCY_MS)")
+class Batcher(Protocol):
+    async def submit(self, item: Any) -> Any: ...
+
+    async def shutdown(self) -> None: ...
 
 
-class InProcessBatcher:
-    """Adaptive batching of single items into calls of `batch_fn(list_of_items)`."""
+def _in_thread(batch_fn: Callable[[list[Any]], list[Any]]) -> Callable[[list[Any]], Any]:
+    async def run(items: list[Any]) -> list[Any]:
+        return await anyio.to_thread.run_sync(batch_fn, list(items))
+    return run
 
-    def __init__(self, batch_fn: Callable[[list[Any]], list[Any]], max_batch_size: int,
+
+class Greedy:
+    """`GreedyBatcher` around a synchronous batch function run in a worker thread."""
+
+    def __init__(self, batch_fn: Callable[[list[Any]], list[Any]], *, max_batch_size: int,
+                 wait_budget_s: float, queue_delay_s: float,
+                 observer: Callable[[BatchRecord], None] | None) -> None:
+        self._batcher: GreedyBatcher[Any, Any] = GreedyBatcher(
+            _in_thread(batch_fn), max_batch_size=max_batch_size, wait_budget_s=wait_budget_s,
+            queue_delay_s=queue_delay_s, observer=observer)
+
+    async def submit(self, item: Any) -> Any:
+        return await self._batcher.submit(item)
+
+    async def shutdown(self) -> None:
+        await self._batcher.shutdown(drain=True)
+
+
+class Cork:
+    """BentoML's `CorkDispatcher` in the worker (same 503-on-budget semantics as its APIs)."""
+
+    def __init__(self, batch_fn: Callable[[list[Any]], list[Any]], *, max_batch_size: int,
                  max_latency_ms: int) -> None:
-        self._batch_fn = batch_fn
+        from bentoml._internal.marshal.dispatcher import CorkDispatcher  # private: lazily
+        from bentoml.exceptions import ServiceUnavailable
+
+        def overloaded() -> Any:
+            raise ServiceUnavailable("batch latency budget exceeded (BATCH_MAX_LATENCY_MS)")
+
         self._dispatcher = CorkDispatcher(
             max_latency_in_ms=max_latency_ms, max_batch_size=max_batch_size,
-            fallback=_overloaded, get_batch_size=lambda _: 1, batch_dim=(0, 0))
-        self._submit = self._dispatcher(self._run)
-
-    async def _run(self, items: Sequence[Any]) -> list[Any]:
-        return await anyio.to_thread.run_sync(self._batch_fn, list(items))
+            fallback=overloaded, get_batch_size=lambda _: 1, batch_dim=(0, 0))
+        self._submit = self._dispatcher(_in_thread(batch_fn))
 
     async def submit(self, item: Any) -> Any:
         return await self._submit(item)
 
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
         self._dispatcher.shutdown()
+
+
+def make_batcher(dispatch: Dispatch, batch_fn: Callable[[list[Any]], list[Any]], *,
+                 max_batch_size: int, max_latency_ms: int, wait_budget_s: float,
+                 queue_delay_s: float,
+                 observer: Callable[[BatchRecord], None] | None = None) -> Batcher | None:
+    """The in-worker batcher for `dispatch`; None for `proxy` (the `infer` API batches)."""
+    if dispatch == "greedy":
+        return Greedy(batch_fn, max_batch_size=max_batch_size, wait_budget_s=wait_budget_s,
+                      queue_delay_s=queue_delay_s, observer=observer)
+    if dispatch == "cork":
+        return Cork(batch_fn, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms)
+    return None

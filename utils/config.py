@@ -60,14 +60,28 @@ class Settings(BaseSettings):
     redis_timeout_ms: int = Field(default=100, gt=0)
 
     # --- batching and inference -----------------------------------------------------------
-    batch_dispatch: Literal["inprocess", "proxy"] = Field(
-        default="inprocess",
-        description="How /predict reaches the batched inference (utils/batching.py).")
-    batch_max_size: int = Field(default=64, gt=0)
+    batch_dispatch: Literal["greedy", "cork", "proxy"] = Field(
+        default="greedy",
+        description="How /predict reaches the batched inference (utils/batching.py): greedy "
+                    "(no memory of past load), cork (BentoML's dispatcher in the worker), "
+                    "proxy (BentoML's batchable API over its in-process HTTP client).")
+    batch_max_size: int = Field(
+        default=8, gt=0,
+        description="Largest batch. This model's cost per sample rises past 8 (README, "
+                    "Batching: the in-process ceiling per batch size).")
     batch_max_latency_ms: int = Field(
         default=20_000, gt=0,
-        description="Dispatcher latency budget; BentoML answers 503 when a queued request "
-                    "cannot meet it, so it sits well above the p99 at 64 clients (README).")
+        description="cork/proxy only: BentoML's dispatcher answers 503 when a queued request "
+                    "cannot meet it.")
+    batch_queue_delay_ms: float = Field(
+        default=0.0, ge=0.0,
+        description="greedy only: how long an item arriving at an idle batcher waits for "
+                    "company. 0 for a model whose per-sample cost does not fall with batch size "
+                    "(this one, on CPU); a few ms can pay on a GPU.")
+    batch_wait_budget_share: float = Field(
+        default=0.5, gt=0.0, le=1.0,
+        description="greedy only: a request whose expected queue wait exceeds this share of "
+                    "REQUEST_TIMEOUT_S is refused at once with 503 and Retry-After.")
     ort_intra_op_threads: int = Field(default=0, ge=0, description="0: cores per worker.")
     ort_inter_op_threads: int = Field(default=1, ge=0)
     ort_providers: Annotated[list[ExecutionProvider], NoDecode] = Field(
@@ -96,6 +110,12 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("batch_dispatch", mode="before")
+    @classmethod
+    def _old_dispatch_name(cls, value: object) -> object:
+        """`inprocess` was the name of the in-worker CORK dispatch before `greedy` existed."""
+        return "cork" if isinstance(value, str) and value.strip() == "inprocess" else value
+
     @field_validator("ort_providers", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> object:
@@ -115,6 +135,11 @@ class Settings(BaseSettings):
         if self.model_alias or self.model_version:
             self.model_stage = None
         return self
+
+    @property
+    def batch_wait_budget_s(self) -> float:
+        """The greedy batcher's overload threshold, derived from the request timeout."""
+        return self.batch_wait_budget_share * self.request_timeout_s
 
     @property
     def uses_embedded_registry(self) -> bool:

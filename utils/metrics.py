@@ -32,6 +32,16 @@ REQUEST_SECONDS = Histogram(
 )
 BATCH_SIZE = Histogram(f"{PREFIX}_batch_size", "Samples per batched inference",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+QUEUE_WAIT_SECONDS = Histogram(
+    f"{PREFIX}_batch_queue_wait_seconds",
+    "Time each item waited in the greedy batcher's queue before its batch started",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+)
+BATCHES = Counter(f"{PREFIX}_batches", "Batches run by the greedy batcher, by why they left: "
+                  "idle (found the model idle), queued (waited behind a batch), full (more "
+                  "were waiting)", ["reason"])
+OVERLOADED = Counter(f"{PREFIX}_overloaded", "Requests refused with 503 because their expected "
+                     "queue wait exceeded the wait budget")
 MODEL_INFERENCES = Counter(f"{PREFIX}_model_inferences", "Samples run through the model")
 ERRORS = Counter(f"{PREFIX}_errors", "Rejected or failed requests, by type", ["type"])
 CACHE_HITS = Counter(f"{PREFIX}_cache_hits", "Prediction cache hits")

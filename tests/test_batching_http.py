@@ -1,0 +1,87 @@
+"""The greedy batcher through a real server: batches form under load, a lone request after a
+burst is dispatched as on a fresh server (read from `/metrics`, not timed), and overload is a
+503 with `Retry-After`."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving import Server, start_server
+from utils.decoding import encode_capture
+from utils.feature_spec import FeatureSpec
+from utils.synthetic import generate_scenes
+
+
+@pytest.fixture(scope="module")
+def bodies() -> list[dict]:
+    scenes = generate_scenes(16, seed=404, spec=FeatureSpec()).iq
+    return [{"iq_b64": encode_capture(c), "cache_enabled": False} for c in scenes]
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[Server]:
+    srv = start_server(home, home / "greedy.log", env={"SERVICE_WORKERS": "1"})
+    yield srv
+    assert srv.stop() == 0, srv.log()[-3000:]
+
+
+def metric(server: Server, sample: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    found = re.search(rf"^{re.escape(sample)} ([0-9.e+-]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def burst(url: str, bodies: list[dict], n: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=120,
+                                 limits=httpx.Limits(max_connections=n)) as client:
+        return list(await asyncio.gather(
+            *(client.post("/predict", json=bodies[i % len(bodies)]) for i in range(n))))
+
+
+def test_after_a_burst_a_lone_request_is_dispatched_as_when_fresh(
+        server: Server, bodies: list[dict]) -> None:
+    lone_wait = 'rfloc_batch_queue_wait_seconds_bucket{le="0.0005"}'
+    idle = 'rfloc_batches_total{reason="idle"}'
+    # fresh: a lone request leaves at once, as an idle batch of one
+    before = (metric(server, idle), metric(server, lone_wait))
+    assert httpx.post(f"{server.url}/predict", json=bodies[0], timeout=60).status_code == 200
+    assert (metric(server, idle), metric(server, lone_wait)) == (before[0] + 1, before[1] + 1)
+    # a burst: 64 concurrent requests queue behind running batches
+    responses = asyncio.run(burst(server.url, bodies, 64))
+    assert [r.status_code for r in responses] == [200] * 64
+    queued = metric(server, 'rfloc_batches_total{reason="queued"}') + \
+        metric(server, 'rfloc_batches_total{reason="full"}')
+    assert queued > 0, "the burst formed batches behind the one in flight"
+    assert metric(server, "rfloc_batch_size_bucket{le=\"1.0\"}") < \
+        metric(server, "rfloc_batch_size_count"), "some batches held more than one sample"
+    # after the burst: the next lone request is again an idle batch with no queue wait
+    after = (metric(server, idle), metric(server, lone_wait))
+    for body in bodies[:3]:
+        assert httpx.post(f"{server.url}/predict", json=body, timeout=60).status_code == 200
+    assert (metric(server, idle), metric(server, lone_wait)) == (after[0] + 3, after[1] + 3)
+
+
+def test_overload_answers_503_with_retry_after(home: Path, tmp_path: Path,
+                                               bodies: list[dict]) -> None:
+    # a wait budget of 6 ms (0.0001 x 60 s): a burst of 48 cannot all fit
+    srv = start_server(home, tmp_path / "overload.log", env={
+        "SERVICE_WORKERS": "1", "BATCH_WAIT_BUDGET_SHARE": "0.0001"})
+    try:
+        asyncio.run(burst(srv.url, bodies, 8))  # measure a batch duration first
+        responses = asyncio.run(burst(srv.url, bodies, 48))
+        codes = {r.status_code for r in responses}
+        assert codes <= {200, 503} and 503 in codes and 200 in codes, codes
+        refused = next(r for r in responses if r.status_code == 503)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"].startswith("overloaded: the batch queue is")
+        assert refused.json()["field"] is None
+        assert metric(srv, "rfloc_overloaded_total") == sum(
+            r.status_code == 503 for r in responses)
+    finally:
+        srv.stop()
