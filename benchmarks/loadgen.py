@@ -44,7 +44,8 @@ class LoadResult:
 
 
 async def _run(url: str, bodies: list[bytes], concurrency: int, total: int,
-               timeout_s: float) -> LoadResult:
+               timeout_s: float, seconds: float | None = None) -> LoadResult:
+    """`total` requests, or as many as fit in `seconds` when it is given."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     errors = 0
@@ -54,9 +55,16 @@ async def _run(url: str, bodies: list[bytes], concurrency: int, total: int,
     headers = {"content-type": "application/json"}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
+        stop_at = time.perf_counter() + seconds if seconds is not None else None
+
+        def more() -> bool:
+            if stop_at is not None:
+                return time.perf_counter() < stop_at
+            return issued < total
+
         async def client(worker: int) -> None:
             nonlocal issued, errors
-            while issued < total:
+            while more():
                 body = bodies[issued % len(bodies)]
                 issued += 1
                 start = time.perf_counter()
@@ -81,3 +89,10 @@ def run_load(url: str, payloads: list[dict[str, Any]] | list[bytes], concurrency
              total: int, timeout_s: float = 120.0) -> LoadResult:
     bodies = [p if isinstance(p, bytes) else json.dumps(p).encode() for p in payloads]
     return asyncio.run(_run(url, bodies, concurrency, total, timeout_s))
+
+
+async def run_for(url: str, payloads: list[dict[str, Any]] | list[bytes], concurrency: int,
+                  seconds: float, timeout_s: float = 120.0) -> LoadResult:
+    """Closed-loop load for `seconds` (awaitable, so several loads can run at once)."""
+    bodies = [p if isinstance(p, bytes) else json.dumps(p).encode() for p in payloads]
+    return await _run(url, bodies, concurrency, 0, timeout_s, seconds)
