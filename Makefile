@@ -58,9 +58,11 @@ load: install-test
 	  --host $(URL) --csv benchmarks/results/locust --html benchmarks/results/locust.html \
 	  --only-summary
 
-# Benchmark against the peers (mlflow models serve, a per-request FastAPI server).
+# Benchmark against the peers (mlflow models serve, a per-request FastAPI server), then
+# burst-then-quiet for every batching policy (greedy, cork, proxy).
 benchmark: import install-test
 	$(PY) -m benchmarks.compare
+	$(PY) -m benchmarks.burst
 
 # Soak: locust at moderate load for SOAK_SECONDS, errors and RSS over time.
 SOAK_SECONDS ?= 600
