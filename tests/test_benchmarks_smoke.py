@@ -64,3 +64,24 @@ def test_locustfile_runs_headless(demo_registry, tmp_path: Path) -> None:
         assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0
     finally:
         server.stop()
+
+
+def test_burst_runs_every_policy_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
+    """Burst then quiet: every dispatch policy, the echo floor and the compute baseline land
+    in the results with their targets."""
+    from benchmarks.burst import main as burst
+
+    settings, _ = demo_registry
+    assert burst(["--burst-seconds", "1", "--requests", "6", "--workers", "1", "--scenes", "2",
+                  "--tracking-uri", settings.tracking_uri, "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "burst.json").read_text())
+    phases = {(r["policy"], r["phase"], r["concurrency"]) for r in data["rows"]}
+    for policy in ("greedy", "cork", "proxy"):
+        for phase, level in (("fresh", 1), ("fresh", 64), ("burst iq_b64", 64),
+                             ("burst iq_data", 16), ("after burst", 1), ("after burst", 32)):
+            assert (policy, phase, level) in phases
+    assert ("echo", "framework floor", 1) in phases
+    assert data["compute_ms"] > 0
+    assert all(r["errors"] == 0 for r in data["rows"]), data["rows"]
+    assert {t["policy"] for t in data["targets"]} == {"greedy", "cork", "proxy"}
+    assert "| policy | target |" in (tmp_path / "burst.md").read_text()
