@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.compare import RESULTS, free_port, import_model_into, server
+from benchmarks.compare import RESULTS, free_port, import_model_into, server, write_results
 from benchmarks.loadgen import LoadResult, run_for, run_load
 from utils.decoding import decode_iq_b64, encode_capture
 from utils.feature_spec import FeatureSpec
@@ -187,12 +186,7 @@ def run(policies: list[str], burst_seconds: float, requests: int, workers: int, 
         "compute_ms": compute_ms, "rows": rows,
         "targets": targets(rows, compute_ms, floor, policies),
     }
-    table = markdown(result)
-    print("\n" + table)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "burst.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "burst.md").write_text(table + "\n")
+    write_results(out, "burst", result, markdown(result))
     return result
 
 

@@ -281,13 +281,17 @@ def run(levels: list[int], workers: int, per_client: int, minimum: int, scenes: 
                  "note": "load generator on the same machine as the servers"},
         "rows": rows, "cache_hit": cache_hit, "targets": targets(rows, levels),
     }
-    table = markdown(result)
+    write_results(out, "compare", result, markdown(result))
+    return result
+
+
+def write_results(out: Path | None, name: str, result: dict[str, Any], table: str) -> None:
+    """Print the table; write `<name>.json` and `<name>.md` into `out` (when given)."""
     print("\n" + table)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "compare.md").write_text(table + "\n")
-    return result
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{name}.md").write_text(table + "\n")
 
 
 def _row(rows: list[dict[str, Any]], server_name: str, encoding: str,
