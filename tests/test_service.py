@@ -86,23 +86,53 @@ def test_geojson_and_confidence_level(server: Server, spec: FeatureSpec) -> None
     assert ring[0] == ring[-1] and len(ring) == 65
 
 
+def same_answer(got: dict, want: dict, where: str) -> None:
+    """The same prediction to float tolerance: batch composition changes float32 rounding."""
+    assert got["quality"] == want["quality"], where
+    for key in ("latitude", "longitude"):
+        assert got["position"][key] == pytest.approx(want["position"][key], rel=1e-6,
+                                                     abs=1e-5), (where, key)
+    for key in ("sigma_x", "sigma_y", "rho", "theta"):
+        assert got["uncertainty"][key] == pytest.approx(want["uncertainty"][key], rel=1e-4,
+                                                        abs=1e-4), (where, key)
+    for key in ("semi_major_m", "semi_minor_m"):
+        assert got["ellipse"][key] == pytest.approx(want["ellipse"][key], rel=1e-4), (where, key)
+
+
+def distinct_positions(answers: list[dict]) -> None:
+    """Pairwise far apart (far beyond `same_answer`'s tolerance), so matching proves order."""
+    for i, a in enumerate(answers):
+        for j, b in enumerate(answers[:i]):
+            gap = max(abs(a["position"][k] - b["position"][k]) for k in ("latitude", "longitude"))
+            assert gap > 1e-3, f"samples {j} and {i} have the same answer: order unprovable"
+
+
 def test_batch_equals_singles_in_order(server: Server, spec: FeatureSpec) -> None:
+    """Uncached throughout, distinct samples: each batch item is the single answer of its own
+    sample, so a reordered (or cache-crossed) batch fails."""
     captures = generate_scenes(6, seed=400, spec=spec).iq
-    batch = post(server, "/predict_batch", {"iq_samples": [pairs(c) for c in captures[:3]] })
+    singles = []
+    for capture in captures:
+        r = post(server, "/predict", {"iq_b64": b64(capture), "cache_enabled": False})
+        assert r.status_code == 200, r.text
+        singles.append(r.json())
+    assert [s["cache_hit"] for s in singles] == [False] * 6
+    distinct_positions(singles)
+    batch = post(server, "/predict_batch", {"iq_samples": [pairs(c) for c in captures[:3]],
+                                            "cache_enabled": False})
     assert batch.status_code == 200, batch.text
+    pairs_batch = batch.json()["predictions"]
     b64_batch = post(server, "/predict_batch", {"iq_b64_samples": [b64(c) for c in captures],
-                                                "session_id": "s"}).json()
-    assert len(b64_batch["predictions"]) == 6 and b64_batch["samples_per_second"] > 0
-    for i, capture in enumerate(captures):
-        single = post(server, "/predict", {"iq_b64": b64(capture)}).json()
+                                                "session_id": "s", "cache_enabled": False}).json()
+    assert len(pairs_batch) == 3 and len(b64_batch["predictions"]) == 6
+    assert b64_batch["samples_per_second"] > 0
+    for i, single in enumerate(singles):
         got = b64_batch["predictions"][i]
-        assert got["session_id"] == "s"
-        for key in ("latitude", "longitude"):
-            assert got["position"][key] == pytest.approx(single["position"][key], abs=1e-4)
-        assert got["uncertainty"]["sigma_x"] == pytest.approx(single["uncertainty"]["sigma_x"],
-                                                              rel=1e-4)
+        assert got["session_id"] == "s" and got["cache_hit"] is False
+        same_answer(got, single, f"iq_b64_samples[{i}]")
         if i < 3:
-            assert batch.json()["predictions"][i]["position"] == pytest.approx(got["position"])
+            assert pairs_batch[i]["cache_hit"] is False
+            same_answer(pairs_batch[i], single, f"iq_samples[{i}]")
 
 
 def test_predictions_are_calibrated_on_known_scenes(server: Server, spec: FeatureSpec,
@@ -160,29 +190,75 @@ def _burst(server: Server, spec: FeatureSpec, metric: str) -> tuple[float, float
 def test_concurrent_requests_are_batched(server: Server, spec: FeatureSpec,
                                          report: list[str]) -> None:
     batches, items = _burst(server, spec, "rfloc_batch_size")
-    report.append(f"service (in-process dispatch): 192 concurrent /predict calls ran as "
+    report.append(f"service (greedy dispatch): 192 concurrent /predict calls ran as "
                   f"{batches:.0f} batches (mean size {items / batches:.1f})")
     assert items >= 192 and batches < items, "some batch held more than one request"
 
 
-def test_proxy_dispatch_batches_through_the_batchable_api(demo_registry, spec: FeatureSpec,
-                                                          tmp_path: Path,
+def _counter(server: Server, name: str) -> float:
+    """A counter summed over its label sets (and workers) on /metrics."""
+    total = 0.0
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        head = line.split(" ", 1)[0]
+        if head == name or head.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_proxy_dispatch_batches_through_the_batchable_api(demo_registry, server: Server,
+                                                          spec: FeatureSpec, tmp_path: Path,
                                                           report: list[str]) -> None:
-    """BATCH_DISPATCH=proxy: the same answers, batched by BentoML's batchable `infer` API."""
+    """BATCH_DISPATCH=proxy: the same answers, batched by BentoML's batchable `infer` API.
+
+    Every request here is uncached, so each one reaches `infer` through the proxy: `iq_b64`
+    verbatim, `iq_data` and both `/predict_batch` encodings re-encoded by the proxy."""
     settings, _ = demo_registry
     home = tmp_path / "home"
     import_demo_model(home, settings.local_registry_dir)
     proxy = start_server(home, tmp_path / "proxy.log",
                          env={"SERVICE_WORKERS": "1", "BATCH_DISPATCH": "proxy"})
+    adaptive = "bentoml_service_adaptive_batch_size"
     try:
-        batches, items = _burst(proxy, spec, "bentoml_service_adaptive_batch_size")
+        batches, items = _burst(proxy, spec, adaptive)
         report.append(f"service (proxy dispatch): 192 concurrent /predict calls ran as "
                       f"{batches:.0f} batches (mean size {items / batches:.1f})")
         assert items >= 192 and batches < items
-        capture = generate_scenes(1, seed=78, spec=spec).iq[0]
-        direct = post(proxy, "/predict", {"iq_b64": b64(capture)}).json()["position"]
-        pairs_answer = post(proxy, "/predict", {"iq_data": pairs(capture)}).json()["position"]
-        assert direct == pairs_answer
+
+        def through_proxy(path: str, body: dict, samples: int) -> dict:
+            """One uncached request, and proof that it reached the batchable `infer` API."""
+            calls0, _ = _batch_sizes(proxy, adaptive)
+            inferred0 = _counter(proxy, "rfloc_model_inferences_total")
+            r = post(proxy, path, {**body, "cache_enabled": False})
+            assert r.status_code == 200, r.text
+            calls1, _ = _batch_sizes(proxy, adaptive)
+            assert calls1 - calls0 == 1, f"{path} did not call `infer` once"
+            assert _counter(proxy, "rfloc_model_inferences_total") - inferred0 == samples
+            answer = r.json()
+            for p in answer.get("predictions", [answer]):
+                assert p["cache_hit"] is False
+            return answer
+
+        captures = generate_scenes(3, seed=78, spec=spec).iq
+        direct = through_proxy("/predict", {"iq_b64": b64(captures[0])}, 1)
+        re_encoded = through_proxy("/predict", {"iq_data": pairs(captures[0])}, 1)
+        in_process = post(server, "/predict", {"iq_b64": b64(captures[0]),
+                                               "cache_enabled": False}).json()
+        same_answer(direct, in_process, "proxy iq_b64")
+        same_answer(re_encoded, in_process, "proxy iq_data")
+
+        want = post(server, "/predict_batch", {"iq_b64_samples": [b64(c) for c in captures],
+                                               "cache_enabled": False})
+        assert want.status_code == 200, want.text
+        expected = want.json()["predictions"]
+        distinct_positions(expected)
+        by_b64 = through_proxy("/predict_batch",
+                               {"iq_b64_samples": [b64(c) for c in captures]}, 3)
+        by_pairs = through_proxy("/predict_batch",
+                                 {"iq_samples": [pairs(c) for c in captures]}, 3)
+        for name, got in (("iq_b64_samples", by_b64), ("iq_samples", by_pairs)):
+            assert len(got["predictions"]) == 3
+            for i, (p, e) in enumerate(zip(got["predictions"], expected, strict=True)):
+                same_answer(p, e, f"proxy {name}[{i}]")
     finally:
         assert proxy.stop() == 0
 
@@ -213,7 +289,53 @@ def test_model_info(server: Server) -> None:
     assert info["bento_model_tag"].startswith("localization_model:")
     assert [r["name"] for r in info["feature_spec"]["receivers"]][0] == "Torino"
     assert info["accuracy_meters"] > 1000 and info["training_samples"] > 5000
-    assert info["inference_count"] >= 0
+    # counts from known events: five uncached predictions add exactly five inferences
+    captures = generate_scenes(5, seed=515, spec=FeatureSpec.model_validate(
+        info["feature_spec"])).iq
+    for capture in captures:
+        assert post(server, "/predict", {"iq_b64": b64(capture),
+                                         "cache_enabled": False}).status_code == 200
+    after = httpx.get(f"{server.url}/model/info", timeout=10).json()
+    assert after["inference_count"] == info["inference_count"] + 5
+    assert after["avg_latency_ms"] > 0
+
+
+def test_inference_count_sums_both_workers(server: Server, spec: FeatureSpec) -> None:
+    """/model/info's inference_count is the model's sample count summed over both workers
+    (`service_stats` reads the Prometheus multiprocess folder, as /metrics does): N uncached
+    predictions add exactly N, whichever worker serves them and whichever answers the read."""
+    captures = generate_scenes(4, seed=410, spec=spec).iq
+    bodies = [{"iq_b64": b64(c), "cache_enabled": False} for c in captures]
+    batch = {"iq_b64_samples": [b64(c) for c in captures[:3]], "cache_enabled": False}
+
+    def counts(pool: ThreadPoolExecutor) -> list[int]:  # concurrent reads reach both workers
+        return [r.json()["inference_count"] for r in pool.map(
+            lambda _: httpx.get(f"{server.url}/model/info", timeout=10), range(8))]
+
+    def per_worker() -> dict[str, float]:
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        return {line.split('pid="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith("rfloc_worker_predictions{")}
+
+    served_by: set[str] = set()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(3):  # until both workers have served part of a round
+            reads = counts(pool)
+            before = reads[0]
+            assert reads == [before] * 8, "workers disagree on inference_count"
+            assert _counter(server, "rfloc_model_inferences_total") == before
+            workers_before = per_worker()
+            codes = list(pool.map(lambda i: post(server, "/predict", bodies[i % 4]).status_code,
+                                  range(24)))
+            codes.append(post(server, "/predict_batch", batch).status_code)
+            assert codes == [200] * 25
+            assert counts(pool) == [before + 24 + 3] * 8
+            assert _counter(server, "rfloc_model_inferences_total") == before + 24 + 3
+            served_by |= {pid for pid, n in per_worker().items()
+                          if n > workers_before.get(pid, 0.0)}
+            if len(served_by) == 2:
+                break
+    assert len(served_by) == 2, "one worker served everything: the sum over workers is untested"
 
 
 def test_health_docs_and_ui(server: Server) -> None:
