@@ -72,6 +72,28 @@ def test_busy_items_queue_and_leave_together_in_order() -> None:
     run(scenario)
 
 
+def test_a_finished_batch_reaches_its_callers_before_the_next_batch_starts() -> None:
+    async def scenario() -> None:
+        events: list[str] = []
+
+        async def run_batch(items: list[int]) -> list[int]:
+            events.append(f"batch {items}")
+            await asyncio.sleep(0)  # hand the loop over, as a thread would
+            return items
+
+        batcher = GreedyBatcher(run_batch, max_batch_size=2, wait_budget_s=10)
+
+        async def caller(i: int) -> None:
+            await batcher.submit(i)
+            events.append(f"answered {i}")
+
+        await asyncio.gather(*(caller(i) for i in range(4)))
+        assert events == ["batch [0, 1]", "answered 0", "answered 1",
+                          "batch [2, 3]", "answered 2", "answered 3"]
+
+    run(scenario)
+
+
 def test_a_failing_item_does_not_fail_its_neighbours() -> None:
     async def scenario() -> None:
         gate = Gate(fail_on={3})
