@@ -59,10 +59,12 @@ load: install-test
 	  --only-summary
 
 # Benchmark against the peers (mlflow models serve, a per-request FastAPI server), then
-# burst-then-quiet for every batching policy (greedy, cork, proxy).
+# burst-then-quiet for every batching policy (greedy, cork, proxy), then greedy against CORK
+# under sustained load, interleaved round by round.
 benchmark: import install-test
 	$(PY) -m benchmarks.compare
 	$(PY) -m benchmarks.burst
+	$(PY) -m benchmarks.steady
 
 # Soak: locust at moderate load for SOAK_SECONDS, errors and RSS over time.
 SOAK_SECONDS ?= 600

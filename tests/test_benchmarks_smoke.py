@@ -85,3 +85,20 @@ def test_burst_runs_every_policy_at_tiny_scale(demo_registry, tmp_path: Path) ->
     assert all(r["errors"] == 0 for r in data["rows"]), data["rows"]
     assert {t["policy"] for t in data["targets"]} == {"greedy", "cork", "proxy"}
     assert "| policy | target |" in (tmp_path / "burst.md").read_text()
+
+
+def test_steady_interleaves_policies_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
+    """Both servers up at once, measured in turn, fresh and after a burst, with ratios."""
+    from benchmarks.steady import main as steady
+
+    settings, _ = demo_registry
+    assert steady(["--rounds", "2", "--requests", "8", "--burst-seconds", "1", "--workers", "1",
+                   "--tracking-uri", settings.tracking_uri, "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "steady.json").read_text())
+    seen = {(r["policy"], r["state"], r["concurrency"]) for r in data["rows"]}
+    assert seen == {(p, s, c) for p in ("greedy", "cork") for s in ("fresh", "after burst")
+                    for c in (32, 64)}
+    assert all(r["errors"] == 0 and r["statuses"] == {"200": 8} for r in data["rows"])
+    cork = [s for s in data["summary"] if s["policy"] == "cork"]
+    assert cork and all(s["rps_vs_cork"] == 1.0 for s in cork)
+    assert "| round |" in (tmp_path / "steady.md").read_text()
