@@ -24,9 +24,9 @@ import urllib.request
 import numpy as np
 from locust import HttpUser, between, events, task
 
-from utils.decoding import encode_capture
-from utils.feature_spec import FeatureSpec
-from utils.synthetic import generate_scenes
+from utils.api.decoding import encode_capture
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
 
 SCENES = int(os.environ.get("LOCUST_SCENES", "32"))
 REPEAT_SHARE = float(os.environ.get("LOCUST_REPEAT_SHARE", "0.3"))

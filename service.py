@@ -8,7 +8,7 @@ The service class only wires the framework-free modules in `utils/`: decoding an
 Batching: `/predict` and `/predict_batch` hand their validated captures to one batched
 inference (`_infer_batch`: preprocessing + ONNX over the whole batch), so concurrent single
 requests run as one batch. `BATCH_DISPATCH=greedy` (default) batches them in the worker without
-any memory of past load, `cork` with BentoML's own dispatcher in the worker (`utils/batching.py`);
+any memory of past load, `cork` with BentoML's own dispatcher in the worker (`utils/serving/batching.py`);
 `BATCH_DISPATCH=proxy` calls the batchable `infer` API through `self.to_async.infer`, BentoML's
 in-process HTTP client, whose session refresh every 100 calls breaks requests in flight in
 1.4.30-1.4.40 (bentoml#5540): `runner_connection` raises both refresh limits out of reach.
@@ -37,12 +37,12 @@ import numpy as np  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 
 from utils import log_filters, metrics  # noqa: E402
-from utils.batching import make_batcher  # noqa: E402
-from utils.greedy_batching import BatchRecord, Overloaded  # noqa: E402
-from utils.cache import cache_key, decode_value, encode_value, make_cache  # noqa: E402
+from utils.serving.batching import make_batcher  # noqa: E402
+from utils.serving.greedy import BatchRecord, Overloaded  # noqa: E402
+from utils.serving.cache import cache_key, decode_value, encode_value, make_cache  # noqa: E402
 from utils.config import get_settings  # noqa: E402
-from utils.content_type import JSONOnly  # noqa: E402
-from utils.decoding import (  # noqa: E402
+from utils.asgi.json_only import JSONOnly  # noqa: E402
+from utils.api.decoding import (  # noqa: E402
     check_amplitude,
     decode_capture,
     decode_iq_b64,
@@ -50,20 +50,20 @@ from utils.decoding import (  # noqa: E402
     encode_capture,
     is_verbatim,
 )
-from utils.geojson import ellipse_feature  # noqa: E402
-from utils.get_alias import GetAsPost  # noqa: E402
-from utils.inference import (  # noqa: E402
+from utils.geo.geojson import ellipse_feature  # noqa: E402
+from utils.asgi.get_as_post import GetAsPost  # noqa: E402
+from utils.model.runtime import (  # noqa: E402
     ModelLoadError,
     ModelRuntime,
     default_intra_threads,
     verify_model_files,
 )
-from utils.limits import BodySizeLimit  # noqa: E402
-from utils.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
-from utils.preprocessing import InvalidCaptureError  # noqa: E402
-from utils.inference import RawPredictions  # noqa: E402
-from utils.responses import ModelOutputError, build_predictions, utc_now  # noqa: E402
-from utils.schemas import (  # noqa: E402
+from utils.asgi.body_size_limit import BodySizeLimit  # noqa: E402
+from utils.asgi.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
+from utils.dsp.preprocessing import InvalidCaptureError  # noqa: E402
+from utils.model.runtime import RawPredictions  # noqa: E402
+from utils.api.responses import ModelOutputError, build_predictions, utc_now  # noqa: E402
+from utils.api.schemas import (  # noqa: E402
     BatchPredictionResponse,
     Ellipse,
     EllipseRequest,
@@ -72,7 +72,7 @@ from utils.schemas import (  # noqa: E402
     PredictionResponse,
     PredictRequest,
 )
-from utils.uncertainty import (  # noqa: E402
+from utils.geo.ellipse import (  # noqa: E402
     MAX_DRAWABLE_M,
     UncertaintyInputError,
     covariance_ellipse,

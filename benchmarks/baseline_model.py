@@ -4,8 +4,8 @@
   `mlflow models serve`; rows carry `iq_b64` or `iq_data` like our API.
 - `app`: a per-request FastAPI + onnxruntime server without batching (the original design).
 
-Both decode with `utils.decoding`, run `utils.inference.ModelRuntime` one request at a time and
-answer with `utils.responses`, so every server in the comparison does the same work per sample.
+Both decode with `utils.api.decoding`, run `utils.model.runtime.ModelRuntime` one request at a time and
+answer with `utils.api.responses`, so every server in the comparison does the same work per sample.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from utils.decoding import decode_iq_b64, decode_iq_data
-from utils.inference import ModelRuntime
-from utils.responses import build_predictions
+from utils.api.decoding import decode_iq_b64, decode_iq_data
+from utils.model.runtime import ModelRuntime
+from utils.api.responses import build_predictions
 
 MAX_SAMPLES = 65_536
 

@@ -33,9 +33,9 @@ import numpy as np
 
 from benchmarks.compare import RESULTS, free_port, import_model_into, server, write_results
 from benchmarks.loadgen import LoadResult, run_for, run_load
-from utils.decoding import decode_iq_b64, encode_capture
-from utils.feature_spec import FeatureSpec
-from utils.synthetic import generate_scenes
+from utils.api.decoding import decode_iq_b64, encode_capture
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
 
 POLICIES = ("greedy", "cork", "proxy")
 
@@ -44,8 +44,8 @@ def single_sample_compute_ms(model_dir: Path, body: str, repeats: int = 200) -> 
     """Median ms of decode + preprocessing + onnxruntime + response for one sample."""
     import yaml
 
-    from utils.inference import ModelRuntime
-    from utils.responses import build_predictions
+    from utils.model.runtime import ModelRuntime
+    from utils.api.responses import build_predictions
 
     meta_path = model_dir / "model.yaml"
     meta = yaml.safe_load(meta_path.read_text())["metadata"] if meta_path.exists() else {}

@@ -41,9 +41,9 @@ import psutil
 
 from benchmarks.loadgen import run_load
 from utils.config import PROJECT_ROOT, get_settings
-from utils.decoding import encode_capture
-from utils.feature_spec import FeatureSpec
-from utils.synthetic import generate_scenes
+from utils.api.decoding import encode_capture
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -76,7 +76,7 @@ def import_model_into(home: Path, registry_uri: str | None) -> Path:
 def _ceiling_worker(args: tuple[str, list[str], int, float]) -> tuple[int, float]:
     model_dir, bodies, batch, seconds = args
     from benchmarks.baseline_model import load_runtime
-    from utils.decoding import decode_iq_b64
+    from utils.api.decoding import decode_iq_b64
 
     runtime = load_runtime(Path(model_dir))
     items = (bodies * (batch // len(bodies) + 1))[:batch]

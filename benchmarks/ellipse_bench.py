@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from geographiclib.geodesic import Geodesic
 
-from utils.geojson import ellipse_feature, ring_geometry
-from utils.uncertainty import covariance_ellipse
+from utils.geo.geojson import ellipse_feature, ring_geometry
+from utils.geo.ellipse import covariance_ellipse
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

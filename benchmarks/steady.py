@@ -31,9 +31,9 @@ import numpy as np
 from benchmarks.burst import _burst
 from benchmarks.compare import RESULTS, free_port, import_model_into, server, write_results
 from benchmarks.loadgen import run_load
-from utils.decoding import encode_capture
-from utils.feature_spec import FeatureSpec
-from utils.synthetic import generate_scenes
+from utils.api.decoding import encode_capture
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
 
 LEVELS = (32, 64)
 

@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 from utils.config import Settings, get_settings
-from utils.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
+from utils.dsp.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
 
 log = logging.getLogger("demo.bootstrap")
 

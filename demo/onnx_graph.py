@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from utils.feature_spec import FeatureSpec
+from utils.dsp.feature_spec import FeatureSpec
 
 OPSET = 18
 IR_VERSION = 9

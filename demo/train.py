@@ -2,7 +2,7 @@
 
 Pipeline (deterministic under the seed):
 
-1. scenes from `utils.synthetic`, features through `utils.preprocessing.preprocess` (the
+1. scenes from `utils.dsp.synthetic`, features through `utils.dsp.preprocessing.preprocess` (the
    serving function) and the ONNX feature extractor (the serving graph);
 2. position: a ReLU MLP (scikit-learn) from standardised features to standardised lat/lon;
 3. uncertainty: a linear heteroscedastic bivariate-Gaussian head (log sigmas and correlation),
@@ -32,11 +32,11 @@ from demo.onnx_graph import (
     feature_model,
     localization_model,
 )
-from utils.feature_spec import FeatureSpec
-from utils.preprocessing import preprocess
-from utils.synthetic import SceneConfig, generate_scenes
-from utils.quality import POWER_MAX_KEY, REGION_KEYS, SIGMA_MAX_KEY, channel_power_db
-from utils.uncertainty import (
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.preprocessing import preprocess
+from utils.dsp.synthetic import SceneConfig, generate_scenes
+from utils.model.quality import POWER_MAX_KEY, REGION_KEYS, SIGMA_MAX_KEY, channel_power_db
+from utils.geo.ellipse import (
     ONE_SIGMA_PROBABILITY,
     confidence_scale,
     ellipse_axes,
@@ -236,7 +236,7 @@ def train_demo_model(cfg: TrainConfig | None = None, world: SceneConfig | None =
         "ellipse_coverage_95": ellipse_coverage(positions, uncertainties, truth, 0.95),
         "ellipse_coverage_1sigma": ellipse_coverage(positions, uncertainties, truth, 0.3935),
         "sigma_scale": sigma_scale,
-        # the envelope of a fix (utils/quality.py): region, largest 1-sigma axis, loudest level
+        # the envelope of a fix (utils/model/quality.py): region, largest 1-sigma axis, loudest level
         **_envelope_metrics(world, positions, uncertainties, loudest_db),
         "training_samples": float(n_fit + n_unc),
         "test_samples": float(n_test),

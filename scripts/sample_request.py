@@ -13,9 +13,9 @@ import sys
 
 import numpy as np
 
-from utils.decoding import encode_capture
-from utils.feature_spec import FeatureSpec
-from utils.synthetic import generate_scenes
+from utils.api.decoding import encode_capture
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
 
 
 def main(argv: list[str] | None = None) -> int:

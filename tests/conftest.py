@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from utils.config import Settings
-from utils.feature_spec import FeatureSpec
+from utils.dsp.feature_spec import FeatureSpec
 
 # The suite must never touch a developer's own registry, cache or BentoML store.
 for _var in ("MLFLOW_TRACKING_URI", "MODEL_NAME", "MODEL_STAGE", "MODEL_ALIAS", "MODEL_VERSION",
@@ -75,7 +75,7 @@ def download_registered_model(settings: Settings, *, alias: str | None = None,
     """
     import tempfile
 
-    from utils.registry import download, resolve
+    from utils.model.registry import download, resolve
 
     uri = settings.tracking_uri
     resolved = resolve(uri, settings.model_name, stage=None if alias else (stage or "Production"),

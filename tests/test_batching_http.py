@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from tests.serving import Server, start_server
-from utils.decoding import encode_capture
-from utils.feature_spec import FeatureSpec
-from utils.synthetic import generate_scenes
+from utils.api.decoding import encode_capture
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import yaml
 
 from tests.serving import import_demo_model, start_server
 from utils.config import PROJECT_ROOT
-from utils.decoding import encode_capture
-from utils.feature_spec import FeatureSpec
-from utils.inference import ModelRuntime
-from utils.synthetic import generate_scenes
+from utils.api.decoding import encode_capture
+from utils.dsp.feature_spec import FeatureSpec
+from utils.model.runtime import ModelRuntime
+from utils.dsp.synthetic import generate_scenes
 
 FORBIDDEN = ("mlflow", "scikit-learn", "sklearn", "torch", "locust", "pytest", "librosa",
              "hypothesis", "onnx==", "geographiclib")
@@ -40,9 +40,9 @@ def test_bento_serves_from_its_own_requirements(demo_registry, tmp_path: Path,
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
     assert [m["tag"] for m in manifest["services"][0]["models"]] == [model_tag]
     sources = {p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*.py")}
-    assert "service.py" in sources and "utils/preprocessing.py" in sources
+    assert "service.py" in sources and "utils/dsp/preprocessing.py" in sources
     assert not any(s.startswith(("tests/", "demo/", "benchmarks/")) for s in sources)
-    assert "utils/registry.py" not in sources  # registry access is import-time only
+    assert "utils/model/registry.py" not in sources  # registry access is import-time only
     requirements = (bento / "env" / "python" / "requirements.txt").read_text().lower()
     for package in FORBIDDEN:
         assert package not in requirements, package

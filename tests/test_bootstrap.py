@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from demo.bootstrap import bootstrap
 from tests.conftest import download_registered_model, make_settings
 from utils.config import PROJECT_ROOT
-from utils.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
+from utils.dsp.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
 
 
 def _client(uri: str) -> MlflowClient:

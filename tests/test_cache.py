@@ -21,10 +21,10 @@ import redis
 from tests.conftest import make_settings
 from tests.model_factory import register_onnx_model, toy_model
 from tests.serving import Server, free_port, import_demo_model, start_server
-from utils.cache import LRUCache, RedisCache, cache_key, decode_value, encode_value
-from utils.decoding import encode_capture
-from utils.feature_spec import FeatureSpec
-from utils.synthetic import generate_scenes
+from utils.serving.cache import LRUCache, RedisCache, cache_key, decode_value, encode_value
+from utils.api.decoding import encode_capture
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 TIMING_FIELDS = ("inference_time_ms", "timestamp", "cache_hit")

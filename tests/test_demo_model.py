@@ -12,9 +12,9 @@ import pytest
 from demo.onnx_graph import feature_model
 from demo.train import ellipse_coverage, geodesic_errors_m
 from tests.conftest import download_registered_model
-from utils.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
-from utils.preprocessing import preprocess
-from utils.synthetic import SceneConfig, generate_scenes
+from utils.dsp.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
+from utils.dsp.preprocessing import preprocess
+from utils.dsp.synthetic import SceneConfig, generate_scenes
 
 HELD_OUT_SEED = 777  # never used in training
 

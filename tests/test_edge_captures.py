@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 
 from tests.model_factory import register_onnx_model, toy_model
 from tests.serving import Server, import_demo_model, start_server
-from utils.decoding import encode_capture
-from utils.feature_spec import FeatureSpec
-from utils.quality import max_amplitude
-from utils.synthetic import generate_scenes
+from utils.api.decoding import encode_capture
+from utils.dsp.feature_spec import FeatureSpec
+from utils.model.quality import max_amplitude
+from utils.dsp.synthetic import generate_scenes
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 FLOAT32_MAX = float(np.finfo(np.float32).max)

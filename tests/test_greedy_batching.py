@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from utils.greedy_batching import BatchRecord, BatcherClosed, GreedyBatcher, Overloaded
+from utils.serving.greedy import BatchRecord, BatcherClosed, GreedyBatcher, Overloaded
 
 
 class Gate:
@@ -218,7 +218,7 @@ def test_cork_is_bentomls_private_dispatcher_imported_only_when_chosen() -> None
     import subprocess
     import sys
 
-    from utils.batching import CORK_DISPATCHER, Cork, Greedy, make_batcher
+    from utils.serving.batching import CORK_DISPATCHER, Cork, Greedy, make_batcher
 
     module, name = CORK_DISPATCHER.rsplit(".", 1)
     assert isinstance(getattr(importlib.import_module(module), name), type)
@@ -228,7 +228,7 @@ def test_cork_is_bentomls_private_dispatcher_imported_only_when_chosen() -> None
                                    max_latency_ms=1000, wait_budget_s=1, queue_delay_s=0), Greedy)
     assert make_batcher("proxy", lambda items: items, max_batch_size=4, max_latency_ms=1000,
                         wait_budget_s=1, queue_delay_s=0) is None
-    probe = ("import sys, bentoml, utils.batching; "
+    probe = ("import sys, bentoml, utils.serving.batching; "
              f"sys.exit(int({module!r} in sys.modules))")
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
 
@@ -236,7 +236,7 @@ def test_cork_is_bentomls_private_dispatcher_imported_only_when_chosen() -> None
 def test_greedy_runs_a_synchronous_function_in_a_thread() -> None:
     import threading
 
-    from utils.batching import make_batcher
+    from utils.serving.batching import make_batcher
 
     main = threading.get_ident()
     seen: list[int] = []

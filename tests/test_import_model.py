@@ -27,7 +27,7 @@ from tests.conftest import make_settings
 from tests.model_factory import experiment, register_files, register_onnx_model, toy_model
 from tests.serving import free_port
 from utils.config import PROJECT_ROOT
-from utils.feature_spec import FeatureSpec
+from utils.dsp.feature_spec import FeatureSpec
 
 
 @pytest.fixture(scope="session")

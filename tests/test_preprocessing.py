@@ -12,15 +12,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
-from utils.feature_spec import FeatureSpec, Receiver
-from utils.mel import mel_filterbank
-from utils.preprocessing import (
+from utils.dsp.feature_spec import FeatureSpec, Receiver
+from utils.dsp.mel import mel_filterbank
+from utils.dsp.preprocessing import (
     InvalidCaptureError,
     iq_pairs_to_complex,
     preprocess,
     preprocess_many,
 )
-from utils.synthetic import generate_scenes
+from utils.dsp.synthetic import generate_scenes
 
 
 def reference_log_mel(capture: np.ndarray, spec: FeatureSpec) -> np.ndarray:

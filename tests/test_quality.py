@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import download_registered_model
-from utils.feature_spec import FeatureSpec
-from utils.inference import ModelRuntime, RawPredictions
-from utils.quality import (
+from utils.dsp.feature_spec import FeatureSpec
+from utils.model.runtime import ModelRuntime, RawPredictions
+from utils.model.quality import (
     POWER_MAX_KEY,
     REGION_KEYS,
     SIGMA_MAX_KEY,
@@ -21,8 +21,8 @@ from utils.quality import (
     channel_power_db,
     noise_spread_db,
 )
-from utils.responses import ModelOutputError, build_predictions
-from utils.synthetic import generate_scenes
+from utils.api.responses import ModelOutputError, build_predictions
+from utils.dsp.synthetic import generate_scenes
 
 SPEC = FeatureSpec()
 TRAINING = {REGION_KEYS[0]: 44.3, REGION_KEYS[1]: 45.8, REGION_KEYS[2]: 7.0,
@@ -173,7 +173,7 @@ def test_sub_millimetre_sigmas_are_raised_never_lowered() -> None:
 def test_held_out_scenes_of_the_demo_model_are_fixes(demo_registry, report: list[str]) -> None:
     settings, _ = demo_registry
     folder: Path = download_registered_model(settings, stage="Production")
-    from utils.registry import run_metrics
+    from utils.model.registry import run_metrics
 
     metrics = run_metrics(settings.tracking_uri, demo_registry[1].run_id)
     for key in (*REGION_KEYS, SIGMA_MAX_KEY, POWER_MAX_KEY):

@@ -26,11 +26,11 @@ from hypothesis.extra.numpy import arrays
 
 from tests.serving import Server, free_port, start_server
 from utils.config import PROJECT_ROOT
-from utils.decoding import encode_capture
-from utils.feature_spec import FeatureSpec, Receiver
-from utils.preprocessing import InvalidCaptureError, preprocess
-from utils.synthetic import generate_scenes
-from utils.uncertainty import UncertaintyInputError, covariance_ellipse
+from utils.api.decoding import encode_capture
+from utils.dsp.feature_spec import FeatureSpec, Receiver
+from utils.dsp.preprocessing import InvalidCaptureError, preprocess
+from utils.dsp.synthetic import generate_scenes
+from utils.geo.ellipse import UncertaintyInputError, covariance_ellipse
 
 LIMIT = 8_000_000
 JSON_VALUES = 400_000

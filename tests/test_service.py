@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from tests.serving import Server, import_demo_model, start_server
-from utils.decoding import encode_capture
-from utils.feature_spec import FeatureSpec
-from utils.synthetic import generate_scenes
-from utils.uncertainty import confidence_scale, covariance_ellipse, local_offsets_m
+from utils.api.decoding import encode_capture
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
+from utils.geo.ellipse import confidence_scale, covariance_ellipse, local_offsets_m
 
 MAX_REQUEST_BYTES = 8_000_000
 

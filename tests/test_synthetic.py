@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.feature_spec import FeatureSpec
-from utils.synthetic import (
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import (
     SceneConfig,
     free_space_loss_db,
     generate_scenes,

@@ -10,8 +10,8 @@ from geographiclib.geodesic import Geodesic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.geojson import ellipse_feature, signed_area
-from utils.uncertainty import (
+from utils.geo.geojson import ellipse_feature, signed_area
+from utils.geo.ellipse import (
     ONE_SIGMA_PROBABILITY,
     EllipseParams,
     UncertaintyInputError,

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # --- batching and inference -----------------------------------------------------------
     batch_dispatch: Literal["greedy", "cork", "proxy"] = Field(
         default="greedy",
-        description="How /predict reaches the batched inference (utils/batching.py): greedy "
+        description="How /predict reaches the batched inference (utils/serving/batching.py): greedy "
                     "(no memory of past load), cork (BentoML's dispatcher in the worker), "
                     "proxy (BentoML's batchable API over its in-process HTTP client).")
     batch_max_size: int = Field(

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from utils.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
-from utils.model_contract import (
+from utils.dsp.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
+from utils.model.contract import (
     CONFIDENCE,
     INPUT_NAME,
     MODEL_FILENAME,
@@ -27,10 +27,10 @@ from utils.model_contract import (
     load_feature_spec,
     sha256_file,
 )
-from utils.preprocessing import preprocess_many
-from utils.quality import FixEnvelope, band_spread_db, channel_power_db, distinct_frames, \
+from utils.dsp.preprocessing import preprocess_many
+from utils.model.quality import FixEnvelope, band_spread_db, channel_power_db, distinct_frames, \
     noise_spread_db
-from utils.synthetic import generate_scenes
+from utils.dsp.synthetic import generate_scenes
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from utils.mel import MelScale, empty_bands, mel_filterbank
+from utils.dsp.mel import MelScale, empty_bands, mel_filterbank
 
 FEATURE_SPEC_FILENAME = "feature_spec.json"
 

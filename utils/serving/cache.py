@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from utils import metrics
+from utils.serving import metrics
 
 log = logging.getLogger(__name__)
 

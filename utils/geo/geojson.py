@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from pyproj import Geod
 
-from utils.uncertainty import (
+from utils.geo.ellipse import (
     MAX_DRAWABLE_M,
     EllipseParams,
     UncertaintyInputError,

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from utils.feature_spec import FeatureSpec
-from utils.preprocessing import InvalidCaptureError, peak_amplitude
-from utils.quality import MAX_DB_OVER_FULL_SCALE, max_amplitude
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.preprocessing import InvalidCaptureError, peak_amplitude
+from utils.model.quality import MAX_DB_OVER_FULL_SCALE, max_amplitude
 
 COMPLEX64_BYTES = 8
 

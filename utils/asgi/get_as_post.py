@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from utils.limits import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class GetAsPost:

@@ -34,8 +34,8 @@ from typing import Literal
 
 import numpy as np
 
-from utils.feature_spec import FeatureSpec
-from utils.uncertainty import wgs84_radii
+from utils.dsp.feature_spec import FeatureSpec
+from utils.geo.ellipse import wgs84_radii
 
 Quality = Literal["fix", "no_fix"]
 
@@ -146,7 +146,7 @@ class FixEnvelope:
 
 def noise_spread_db(spec: FeatureSpec, captures: int = 8, seed: int = 0) -> float:
     """The largest band spread of white noise under `spec`, measured on generated noise."""
-    from utils.preprocessing import preprocess
+    from utils.dsp.preprocessing import preprocess
 
     rng = np.random.default_rng(seed)
     shape = (captures, spec.n_channels, spec.samples_per_capture)

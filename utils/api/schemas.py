@@ -1,6 +1,6 @@
 """Request and response models of the HTTP API (SPEC §4): field names are the contract.
 
-`iq_data` is validated as a plain JSON list and converted by numpy (`utils.decoding`): letting
+`iq_data` is validated as a plain JSON list and converted by numpy (`utils.api.decoding`): letting
 pydantic walk tens of thousands of `[I, Q]` pairs through a union of nested list types costs
 more than the model itself.  Its OpenAPI schema still states the exact shape.
 """
@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from utils.uncertainty import (
+from utils.geo.ellipse import (
     MAX_DRAWABLE_M,
     MAX_POINTS,
     MIN_POINTS,

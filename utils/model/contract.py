@@ -18,15 +18,15 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from utils.feature_spec import (
+from utils.dsp.feature_spec import (
     DEFAULT_RECEIVERS,
     FEATURE_SPEC_FILENAME,
     FeatureSpec,
     Receiver,
     default_feature_spec,
 )
-from utils.preprocessing import preprocess
-from utils.synthetic import generate_scenes
+from utils.dsp.preprocessing import preprocess
+from utils.dsp.synthetic import generate_scenes
 
 log = logging.getLogger(__name__)
 

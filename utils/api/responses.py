@@ -4,7 +4,7 @@ Kept apart from the service so the exact response can be computed (and tested) w
 server.  Model outputs are checked, never patched into confidence: a non-finite position or
 sigma, a sigma <= 0 or |rho| > 1 is a broken model (`ModelOutputError`, which the service turns
 into a 5xx naming the model), while a finite answer from an input the model was not trained for
-is returned as it is with `quality: "no_fix"` and the reasons (`utils.quality`).  The only
+is returned as it is with `quality: "no_fix"` and the reasons (`utils.model.quality`).  The only
 adjustments make the numbers *less* certain: a sigma below a millimetre is raised to one, and
 |rho| is kept a hair below 1 so the ellipse of a near-degenerate covariance exists.
 """
@@ -15,12 +15,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from utils.feature_spec import FeatureSpec
-from utils.geojson import ellipse_feature
-from utils.inference import RawPredictions
-from utils.quality import FixEnvelope, assess
-from utils.schemas import Ellipse, Position, PredictionResponse, Uncertainty
-from utils.uncertainty import (
+from utils.dsp.feature_spec import FeatureSpec
+from utils.geo.geojson import ellipse_feature
+from utils.model.runtime import RawPredictions
+from utils.model.quality import FixEnvelope, assess
+from utils.api.schemas import Ellipse, Position, PredictionResponse, Uncertainty
+from utils.geo.ellipse import (
     MAX_DRAWABLE_M,
     MIN_SIGMA_M,
     ONE_SIGMA_PROBABILITY,

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from utils.limits import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DOCS_PATH = "/docs.json"
 

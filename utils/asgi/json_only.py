@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from utils.limits import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 async def _refuse(send: Send, status: int, message: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from utils.feature_spec import FeatureSpec
+from utils.dsp.feature_spec import FeatureSpec
 
 SPEED_OF_LIGHT_M_S = 299_792_458.0
 BOLTZMANN_DBM_PER_HZ = -173.975  # kT at 290 K, dBm/Hz

@@ -1,6 +1,6 @@
 """How `/predict` and `/predict_batch` reach the one batched inference (`BATCH_DISPATCH`).
 
-- `greedy` (default, `utils/greedy_batching.py`): dispatch at once when idle, batch what queued
+- `greedy` (default, `utils/serving/greedy.py`): dispatch at once when idle, batch what queued
   while busy, 503 with `Retry-After` only when the expected wait exceeds the wait budget. No
   memory of past load: a lone request after a burst is as fast as on a fresh server.
 - `cork`: BentoML's own adaptive dispatcher (`CorkDispatcher`, the algorithm behind
@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 
 import anyio.to_thread
 
-from utils.greedy_batching import BatchRecord, GreedyBatcher
+from utils.serving.greedy import BatchRecord, GreedyBatcher
 
 Dispatch = Literal["greedy", "cork", "proxy"]
 #: Private BentoML symbol behind `cork`; a test imports it by this name.

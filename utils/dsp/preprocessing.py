@@ -7,7 +7,7 @@ The pipeline is a plain STFT log-mel spectrogram over the complex (two-sided) sp
    cyclically, so time averages stay unbiased;
 2. periodic Hann window, FFT, power with "spectrum" scaling (a tone of amplitude A reads |A|^2),
    fft-shifted so the axis runs from -fs/2 to +fs/2;
-3. mel filterbank (`utils.mel`), `10*log10(max(power, floor) / reference)`;
+3. mel filterbank (`utils.dsp.mel`), `10*log10(max(power, floor) / reference)`;
 4. `(dB - norm_mean_db) / norm_std_db`, laid out `[batch, channels, n_mels, frames]`, float32.
 
 Everything is vectorised over samples x receivers x frames; the only Python loop is over
@@ -22,7 +22,7 @@ import numpy as np
 import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 
-from utils.feature_spec import FeatureSpec
+from utils.dsp.feature_spec import FeatureSpec
 
 
 class InvalidCaptureError(ValueError):
