@@ -36,7 +36,7 @@ import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 
-from utils import log_filters, metrics  # noqa: E402
+from utils.serving import log_filters, metrics  # noqa: E402
 from utils.serving.batching import make_batcher  # noqa: E402
 from utils.serving.greedy import BatchRecord, Overloaded  # noqa: E402
 from utils.serving.cache import cache_key, decode_value, encode_value, make_cache  # noqa: E402
