@@ -36,6 +36,7 @@ from utils.model.contract import (  # noqa: E402
     ModelContract,
     validate_model_folder,
 )
+from utils.model.metadata import ModelMetadata  # noqa: E402
 from utils.model.registry import (  # noqa: E402
     ModelNotFound,
     RegistryUnreachable,
@@ -110,25 +111,25 @@ def _labels(resolved: ResolvedVersion, contract: ModelContract) -> dict[str, str
 
 
 def _metadata(uri: str, resolved: ResolvedVersion, contract: ModelContract) -> dict[str, object]:
-    return {
-        "registered_name": resolved.name,
-        "mlflow_version": resolved.version,
-        "mlflow_stage": resolved.stage or "",
-        "mlflow_alias": resolved.alias or "",
-        "mlflow_run_id": resolved.run_id or "",
-        "source_model_uri": resolved.model_uri,
-        "source_artifact_uri": redact_uri(resolved.source),
-        "registry": redact_uri(uri),
-        "sha256": contract.sha256,
-        "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "feature_spec": json.loads(contract.feature_spec.to_json()),
-        "feature_spec_source": contract.feature_spec_source,
-        "input_shape": [str(d) for d in contract.input_shape],
-        "uncertainty_width": contract.uncertainty_width,
-        "has_confidence": contract.has_confidence,
-        "metrics": run_metrics(uri, resolved.run_id),
-        "warnings": list(contract.warnings),
-    }
+    return ModelMetadata(
+        registered_name=resolved.name,
+        mlflow_version=resolved.version,
+        mlflow_stage=resolved.stage or "",
+        mlflow_alias=resolved.alias or "",
+        mlflow_run_id=resolved.run_id or "",
+        source_model_uri=resolved.model_uri,
+        source_artifact_uri=redact_uri(resolved.source),
+        registry=redact_uri(uri),
+        sha256=contract.sha256,
+        imported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        feature_spec=json.loads(contract.feature_spec.to_json()),
+        feature_spec_source=contract.feature_spec_source,
+        input_shape=[str(d) for d in contract.input_shape],
+        uncertainty_width=contract.uncertainty_width,
+        has_confidence=contract.has_confidence,
+        metrics=run_metrics(uri, resolved.run_id),
+        warnings=list(contract.warnings),
+    ).for_store()
 
 
 def import_model(settings: Settings, *, tracking_uri: str | None = None,

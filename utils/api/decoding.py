@@ -1,6 +1,6 @@
 """Request IQ (`iq_data` JSON lists or `iq_b64` complex64 bytes) -> one validated capture.
 
-Every problem raises `InvalidCaptureError` whose message starts with the request field
+Every problem raises `InvalidField` (an `InvalidCaptureError`) naming the request field
 (`iq_data`, `iq_b64_samples[3]`, ...) so the API can answer 400 naming it.  The result is the
 canonical capture the model sees: complex64 `[channels, samples]`, cut to the samples the
 feature spec uses, single captures repeated across receivers where the spec allows it.  Its
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from utils.dsp.feature_spec import FeatureSpec
-from utils.dsp.preprocessing import InvalidCaptureError, peak_amplitude
+from utils.api.errors import InvalidField
+from utils.dsp.preprocessing import peak_amplitude
 from utils.model.quality import MAX_DB_OVER_FULL_SCALE, max_amplitude
 
 COMPLEX64_BYTES = 8
@@ -38,14 +39,11 @@ def _finish(iq: np.ndarray, spec: FeatureSpec, max_samples: int, field: str) -> 
     channels, samples = iq.shape
     if channels != spec.n_channels and not (channels == 1 and _single_capture_allowed(spec)):
         names = ", ".join(r.name for r in spec.receivers)
-        raise InvalidCaptureError(
-            f"{field}: expected {spec.n_channels} receiver captures ({names}), got {channels}")
+        raise InvalidField(field, f"expected {spec.n_channels} receiver captures ({names}), got {channels}")
     if samples > max_samples:
-        raise InvalidCaptureError(
-            f"{field}: {samples} samples per receiver, at most {max_samples} accepted")
+        raise InvalidField(field, f"{samples} samples per receiver, at most {max_samples} accepted")
     if samples < spec.n_fft:
-        raise InvalidCaptureError(
-            f"{field}: {samples} samples per receiver, at least {spec.n_fft} (one frame) needed")
+        raise InvalidField(field, f"{samples} samples per receiver, at least {spec.n_fft} (one frame) needed")
     iq = iq[:, : spec.samples_per_capture]
     check_amplitude(iq, spec, field)
     if channels != spec.n_channels:
@@ -58,11 +56,10 @@ def check_amplitude(iq: np.ndarray, spec: FeatureSpec, field: str) -> None:
     above full scale); silence and everything in between are the model's to answer."""
     peak = peak_amplitude(iq)
     if not np.isfinite(peak):
-        raise InvalidCaptureError(f"{field}: contains NaN or infinite values")
+        raise InvalidField(field, f"contains NaN or infinite values")
     limit = max_amplitude(spec)
     if peak > limit:
-        raise InvalidCaptureError(
-            f"{field}: a sample of magnitude {peak:.3g} is more than "
+        raise InvalidField(field, f"a sample of magnitude {peak:.3g} is more than "
             f"{MAX_DB_OVER_FULL_SCALE:.0f} dB above full scale ({np.sqrt(spec.db_reference):g});"
             f" no receiver records that, at most {limit:.3g} is accepted: scale the samples "
             "so that full scale is 1.0")
@@ -74,21 +71,18 @@ def decode_iq_data(value: list[Any], spec: FeatureSpec, max_samples: int,
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError):
-        raise InvalidCaptureError(
-            f"{field}: ragged nesting: every receiver needs the same number of [I, Q] pairs, "
+        raise InvalidField(field, f"ragged nesting: every receiver needs the same number of [I, Q] pairs, "
             "each a list of two numbers") from None
     if arr.dtype.kind not in "fiu":
-        raise InvalidCaptureError(f"{field}: IQ values must be numbers, got "
+        raise InvalidField(field, f"IQ values must be numbers, got "
                                   f"{'booleans' if arr.dtype.kind == 'b' else 'other values'}")
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise InvalidCaptureError(
-            f"{field}: expected [[I, Q], ...] or [[[I, Q], ...], ...], got {arr.ndim} levels of "
+        raise InvalidField(field, f"expected [[I, Q], ...] or [[[I, Q], ...], ...], got {arr.ndim} levels of "
             "nesting")
     if arr.shape[-1] != 2:
-        raise InvalidCaptureError(
-            f"{field}: each sample must be an [I, Q] pair, got {arr.shape[-1]} values")
+        raise InvalidField(field, f"each sample must be an [I, Q] pair, got {arr.shape[-1]} values")
     floats = arr.astype(np.float32)
     iq = np.empty(floats.shape[:2], dtype=np.complex64)
     iq.real, iq.imag = floats[..., 0], floats[..., 1]
@@ -105,10 +99,9 @@ def decode_iq_b64(text: str, spec: FeatureSpec, max_samples: int,
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidCaptureError(f"{field}: not valid base64") from None
+        raise InvalidField(field, f"not valid base64") from None
     if len(raw) == 0 or len(raw) % COMPLEX64_BYTES:
-        raise InvalidCaptureError(
-            f"{field}: {len(raw)} bytes is not a whole, non-zero number of complex64 samples "
+        raise InvalidField(field, f"{len(raw)} bytes is not a whole, non-zero number of complex64 samples "
             f"({COMPLEX64_BYTES} bytes each)")
     flat = np.frombuffer(raw, dtype="<c8")
     if flat.size % spec.n_channels == 0:
@@ -116,8 +109,7 @@ def decode_iq_b64(text: str, spec: FeatureSpec, max_samples: int,
     elif _single_capture_allowed(spec):
         iq = flat.reshape(1, -1)
     else:
-        raise InvalidCaptureError(
-            f"{field}: {flat.size} complex64 samples do not split into {spec.n_channels} "
+        raise InvalidField(field, f"{flat.size} complex64 samples do not split into {spec.n_channels} "
             "receiver captures of equal length")
     return _finish(iq.astype(np.complex64, copy=False), spec, max_samples, field)
 

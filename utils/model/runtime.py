@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,18 @@ from utils.model.contract import (
     sha256_file,
 )
 from utils.dsp.preprocessing import preprocess_many
-from utils.model.quality import FixEnvelope, band_spread_db, channel_power_db, distinct_frames, \
-    noise_spread_db
+from utils.model.quality import (
+    FixEnvelope,
+    band_spread_db,
+    channel_power_db,
+    distinct_frames,
+    max_amplitude,
+    noise_spread_db,
+)
+
+
 from utils.dsp.synthetic import generate_scenes
+from utils.model.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +111,13 @@ def default_intra_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def verify_model_files(model_dir: Path, metadata: dict[str, Any]) -> str:
+def verify_model_files(model_dir: Path, metadata: Mapping[str, Any] | ModelMetadata) -> str:
     """sha256 of the stored `model.onnx`; `ModelLoadError` when it is missing or differs
     from the sha256 recorded at import."""
     model_path = model_dir / MODEL_FILENAME
     if not model_path.is_file():
         raise ModelLoadError(f"{MODEL_FILENAME} is missing from {model_dir}")
-    expected = str(metadata.get("sha256") or "")
+    expected = ModelMetadata.read(metadata).sha256
     actual = sha256_file(model_path)
     if expected and actual != expected:
         raise ModelLoadError(f"{MODEL_FILENAME} sha256 {actual[:12]} does not match the "
@@ -118,9 +128,10 @@ def verify_model_files(model_dir: Path, metadata: dict[str, Any]) -> str:
 class ModelRuntime:
     """Loads, checks and runs one stored model."""
 
-    def __init__(self, model_dir: Path, metadata: dict[str, Any], *, intra_threads: int,
-                 inter_threads: int, providers: list[str]) -> None:
+    def __init__(self, model_dir: Path, metadata: Mapping[str, Any] | ModelMetadata, *,
+                 intra_threads: int, inter_threads: int, providers: list[str]) -> None:
         model_path = model_dir / MODEL_FILENAME
+        self.metadata = metadata = ModelMetadata.read(metadata)
         self.sha256 = verify_model_files(model_dir, metadata)
         try:
             self.session = ort.InferenceSession(
@@ -136,23 +147,27 @@ class ModelRuntime:
                                                             else [])
         channels = self.session.get_inputs()[0].shape[1]
         self.spec, self.spec_source, self.warnings = self._spec(model_dir, metadata, channels)
-        self.envelope = FixEnvelope.for_model(self.spec, dict(metadata.get("metrics") or {}),
+        self.envelope = FixEnvelope.for_model(self.spec, dict(metadata.metrics),
                                               noise_spread_db(self.spec))
 
     @staticmethod
-    def _spec(model_dir: Path, metadata: dict[str, Any], channels: object
+    def _spec(model_dir: Path, metadata: ModelMetadata, channels: object
               ) -> tuple[FeatureSpec, str, list[str]]:
-        if metadata.get("feature_spec") and metadata.get("feature_spec_source") != "defaults":
-            return FeatureSpec.model_validate(metadata["feature_spec"]), "artifact", []
+        if metadata.feature_spec and metadata.feature_spec_source != "defaults":
+            return FeatureSpec.model_validate(metadata.feature_spec), "artifact", []
         if (model_dir / FEATURE_SPEC_FILENAME).exists():
             spec, source, warnings = load_feature_spec(model_dir, None)
             return spec, source, warnings
         return load_feature_spec(model_dir, channels if isinstance(channels, int) else None)
 
-    def predict(self, captures: list[np.ndarray]) -> RawPredictions:
-        """Canonical captures -> model outputs, preprocessing and ONNX over the whole batch."""
+    def predict(self, captures: list[np.ndarray], validated: bool = False) -> RawPredictions:
+        """Captures -> model outputs, preprocessing and ONNX over the whole batch.
+
+        `validated`: canonical captures from the API's decoder, checked there once (shape,
+        finiteness, amplitude bound); preprocessing then skips its own checks."""
         started = time.perf_counter()
-        mel = preprocess_many(captures, self.spec)
+        mel = preprocess_many(captures, self.spec,
+                              max_amplitude(self.spec) if validated else None)
         cut = [c[..., : self.spec.samples_per_capture] for c in captures]
         channels = self.spec.n_channels
         power = np.stack([np.broadcast_to(channel_power_db(c.reshape(-1, c.shape[-1])),

@@ -13,6 +13,8 @@ import os
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from utils.serving.greedy import BatchRecord
+
 PREFIX = "rfloc"
 
 PREDICTIONS = Counter(f"{PREFIX}_predictions", "Predictions served, by endpoint",
@@ -78,3 +80,17 @@ def service_stats() -> tuple[int, float | None, float | None]:
     hits, misses = value(f"{PREFIX}_cache_hits_total"), value(f"{PREFIX}_cache_misses_total")
     return (inferences, 1000.0 * total / count if count else None,
             hits / (hits + misses) if hits + misses else None)
+
+
+def observe_batch(record: BatchRecord) -> None:
+    """Greedy batcher -> metrics: why each batch left, and each item's queue wait."""
+    BATCHES.labels(record.reason).inc()
+    for wait in record.waits_s:
+        QUEUE_WAIT_SECONDS.observe(wait)
+
+
+def count_predictions(route: str, samples: int, elapsed_s: float) -> None:
+    """A route answered `samples` predictions in `elapsed_s`."""
+    PREDICTIONS.labels(route).inc(samples)
+    WORKER_PREDICTIONS.inc(samples)
+    REQUEST_SECONDS.labels(route).observe(elapsed_s)

@@ -1,0 +1,183 @@
+"""One request's way through the service: decode → cache lookup → batched inference → cache fill.
+
+The service's API methods only call these; everything here is testable with a fake dispatch
+and either cache backend. Errors leave as `InvalidField` / `BrokenModel` / `Overloaded`, which
+`utils/api/errors.py` turns into responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+
+from utils.api.decoding import (
+    check_amplitude,
+    decode_capture,
+    decode_iq_b64,
+    decode_iq_data,
+    encode_capture,
+    is_verbatim,
+)
+from utils.api.errors import BrokenModel, InvalidField
+from utils.api.responses import ModelOutputError, build_predictions, utc_now
+from utils.api.schemas import PredictBatchRequest, PredictionResponse, PredictRequest
+from utils.model.runtime import ModelRuntime, RawPredictions
+from utils.serving import metrics
+from utils.serving.cache import PredictionCache, cache_key, decode_value, encode_value
+
+#: Batched inference over canonical captures, one raw result dict per capture, same order.
+Dispatch = Callable[[list[np.ndarray], str | None], Awaitable[list[dict[str, Any]]]]
+
+
+def infer_batch(runtime: ModelRuntime, captures: list[np.ndarray]) -> list[dict[str, Any]]:
+    """The one batched inference (preprocessing + ONNX over the whole batch) and its metrics;
+    every dispatch path ends here, in a worker thread."""
+    if not captures:
+        return []
+    raw = runtime.predict(captures, validated=True)
+    metrics.BATCH_SIZE.observe(len(captures))
+    metrics.MODEL_INFERENCES.inc(len(captures))
+    metrics.INFERENCE_SECONDS.observe(raw.preprocess_s + raw.model_s)
+    metrics.STAGE_SECONDS.labels("preprocess").observe(raw.preprocess_s)
+    metrics.STAGE_SECONDS.labels("model").observe(raw.model_s)
+    batch_ms = 1000.0 * (raw.preprocess_s + raw.model_s)
+    return [{**item, "batch_ms": batch_ms, "batch_size": len(captures)} for item in raw.items()]
+
+
+def infer_canonical(runtime: ModelRuntime, texts: list[str]) -> list[dict[str, Any]]:
+    """The batchable `infer` API: base64 canonical captures in; an item that does not decode
+    gets an `error` instead of failing the batch it shares with other requests."""
+    spec = runtime.spec
+    decoded: list[np.ndarray | None] = []
+    for text in texts:
+        try:
+            capture = decode_capture(text, spec.n_channels)
+            check_amplitude(capture, spec, "capture")
+            decoded.append(capture if capture.shape[1] >= spec.n_fft else None)
+        except (ValueError, TypeError):  # InvalidCaptureError is a ValueError
+            decoded.append(None)
+    results = iter(infer_batch(runtime, [c for c in decoded if c is not None]))
+    return [next(results) if c is not None else {"error": "not a valid canonical capture"}
+            for c in decoded]
+
+
+class Pipeline:
+    """Decode, cache and dispatch for `/predict` and `/predict_batch` of one worker."""
+
+    def __init__(self, runtime: ModelRuntime, cache: PredictionCache, dispatch: Dispatch, *,
+                 model_version: str, cache_prefix: str, max_samples: int,
+                 max_batch_items: int) -> None:
+        self.runtime = runtime
+        self.cache = cache
+        self.dispatch = dispatch
+        self.model_version = model_version
+        self.cache_prefix = cache_prefix
+        self.max_samples = max_samples
+        self.max_batch_items = max_batch_items
+
+    # --- decoding ----------------------------------------------------------------------------
+    async def decode_one(self, req: PredictRequest) -> np.ndarray:
+        spec = self.runtime.spec
+        if req.iq_b64 is not None:
+            return decode_iq_b64(req.iq_b64, spec, self.max_samples)
+        # the heavy path: off the event loop so the batcher keeps dispatching
+        return await anyio.to_thread.run_sync(decode_iq_data, req.iq_data or [], spec,
+                                              self.max_samples)
+
+    async def decode_many(self, req: PredictBatchRequest) -> tuple[list[np.ndarray], str]:
+        items: list[Any] = list(req.iq_b64_samples or req.iq_samples or [])
+        field = "iq_b64_samples" if req.iq_b64_samples is not None else "iq_samples"
+        if len(items) > self.max_batch_items:
+            raise InvalidField(field, f"{len(items)} items, at most {self.max_batch_items} "
+                                      "per request", status=413)
+        decode = decode_iq_b64 if field == "iq_b64_samples" else decode_iq_data
+        spec, limit = self.runtime.spec, self.max_samples
+
+        def all_items() -> list[np.ndarray]:
+            return [decode(item, spec, limit, f"{field}[{i}]") for i, item in enumerate(items)]
+
+        return await anyio.to_thread.run_sync(all_items), field
+
+    # --- prediction --------------------------------------------------------------------------
+    async def predict(self, captures: list[np.ndarray], req: PredictRequest | PredictBatchRequest,
+                      started: float, field: str) -> list[PredictionResponse]:
+        """Cache lookup, batched inference of the misses, cache fill; request order kept.
+        `field` names the request field the captures came from, for a broken-model error."""
+        keys: list[str] = []
+        cached: list[bytes | None] = [None] * len(captures)
+        if req.cache_enabled:
+            keys = [cache_key(self.cache_prefix, self.runtime.sha256, c.data,
+                              req.confidence_level, req.include_geojson) for c in captures]
+            cached = await self.cache.get_many(keys)
+        else:
+            metrics.CACHE_BYPASS.inc(len(captures))
+        out: list[PredictionResponse | None] = [None] * len(captures)
+        for i, raw in enumerate(cached):
+            if raw is None:
+                continue
+            try:
+                out[i] = PredictionResponse(**decode_value(raw), cache_hit=True,
+                                            session_id=req.session_id, timestamp=utc_now(),
+                                            inference_time_ms=0.0)
+            except (ValueError, TypeError):  # garbage in the cache: a miss, and counted
+                metrics.CACHE_ERRORS.labels("decode").inc()
+        misses = [i for i, r in enumerate(out) if r is None]
+        if req.cache_enabled:
+            metrics.CACHE_HITS.inc(len(captures) - len(misses))
+            metrics.CACHE_MISSES.inc(len(misses))
+        if misses:
+            verbatim = getattr(req, "iq_b64", None) if len(captures) == 1 else None
+            results = await self.dispatch([captures[i] for i in misses], verbatim)
+            try:
+                fresh = self._responses(results, req, started)
+            except ModelOutputError as exc:  # attribute it to the request's own index
+                index = misses[exc.index]
+                raise BrokenModel(ModelOutputError(index, str(exc).split(": ", 1)[1]),
+                                  field if isinstance(req, PredictRequest)
+                                  else f"{field}[{index}]") from None
+            for i, response in zip(misses, fresh, strict=True):
+                out[i] = response
+            if req.cache_enabled:  # only fixes: a no_fix answer is never served from cache
+                await self.cache.set_many([(keys[i], encode_value(out[i].model_dump(mode="json")))
+                                           for i in misses
+                                           if out[i] is not None and out[i].quality == "fix"])
+        elapsed_ms = 1000.0 * (time.perf_counter() - started)
+        final = [r for r in out if r is not None]
+        for response in final:
+            if response.cache_hit:
+                response.inference_time_ms = elapsed_ms
+        return final
+
+    def _responses(self, results: list[dict[str, Any]], req: PredictRequest | PredictBatchRequest,
+                   started: float) -> list[PredictionResponse]:
+        if any("error" in r for r in results):  # cannot happen for captures decoded above
+            metrics.ERRORS.labels("internal").inc()
+            raise RuntimeError("batched inference rejected a validated capture")
+        return build_predictions(
+            RawPredictions.stack(results), spec=self.runtime.spec,
+            envelope=self.runtime.envelope, confidence_level=req.confidence_level,
+            include_geojson=req.include_geojson, model_version=self.model_version,
+            inference_time_ms=1000.0 * (time.perf_counter() - started),
+            session_id=req.session_id)
+
+
+def batcher_dispatch(submit: Callable[[np.ndarray], Awaitable[dict[str, Any]]]) -> Dispatch:
+    """Dispatch through an in-worker batcher (greedy or CORK): one submit per capture."""
+    async def dispatch(captures: list[np.ndarray], _verbatim: str | None) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(submit(c) for c in captures)))
+    return dispatch
+
+
+def proxy_dispatch(infer: Callable[[list[str]], Awaitable[list[dict[str, Any]]]]) -> Dispatch:
+    """Dispatch through the batchable `infer` API: captures travel as base64; a single
+    `iq_b64` capture that is already canonical is forwarded as sent, not re-encoded."""
+    async def dispatch(captures: list[np.ndarray], verbatim: str | None) -> list[dict[str, Any]]:
+        if verbatim and len(captures) == 1 and is_verbatim(captures[0], verbatim):
+            return list(await infer([verbatim]))
+        return list(await infer([encode_capture(c) for c in captures]))
+    return dispatch
