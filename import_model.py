@@ -5,7 +5,7 @@
 
 Resolves the version (stage through a registry search, alias through the alias API, or an
 explicit version), downloads the whole artifact folder (external-data weights included),
-validates it against SPEC §2 (`utils.model.contract`) and only then registers it with
+validates it against docs/api.md §8 (`utils.model.contract`) and only then registers it with
 `bentoml.models.create`, which commits atomically: any failure leaves the store as it was.
 Re-importing the same MLflow version with the same sha256 stores nothing and prints the
 existing tag. The tag is the last line of standard output (or use `--json`).

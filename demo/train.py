@@ -154,7 +154,7 @@ def geodesic_errors_m(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def ellipse_coverage(positions: np.ndarray, uncertainties: np.ndarray, truth: np.ndarray,
                      confidence: float) -> float:
-    """Share of true positions inside the model's ellipses at `confidence` (SPEC §5, metres)."""
+    """Share of true positions inside the model's ellipses at `confidence` (docs/api.md §5, metres)."""
     lat, lon = positions[:, 0], positions[:, 1]
     sx, sy = sigmas_deg_to_m(lat, uncertainties[:, 0], uncertainties[:, 1])
     rho = uncertainties[:, 2] if uncertainties.shape[1] > 2 else 0.0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.registry import make_settings
 from utils.config import Settings
 from utils.dsp.feature_spec import FeatureSpec
 
@@ -29,15 +30,19 @@ def report() -> list[str]:
     return _REPORT
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration/ is marked: `-m "not integration"` runs the fast
+    half (tests/unit/, no server, no registry)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _REPORT:
         terminalreporter.section("measured figures")
         for line in _REPORT:
             terminalreporter.write_line(line)
-
-
-def make_settings(registry_dir: Path, **overrides: object) -> Settings:
-    return Settings(_env_file=None, local_registry_dir=registry_dir, **overrides)
 
 
 @pytest.fixture()
@@ -58,26 +63,9 @@ def demo_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Se
 @pytest.fixture(scope="module")
 def home(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A BentoML home of the module's own with the demo model imported (a real import run)."""
-    from tests.serving import import_demo_model
+    from tests.support.serving import import_demo_model
 
     settings, _ = demo_registry
     bentoml_home = tmp_path_factory.mktemp("bentoml-home")
     import_demo_model(bentoml_home, settings.local_registry_dir)
     return bentoml_home
-
-
-def download_registered_model(settings: Settings, *, alias: str | None = None,
-                              stage: str | None = None) -> Path:
-    """The whole artifact folder of a registered version, through the import's own resolver.
-
-    An explicit registry URI throughout: `models:/` URIs would resolve against MLflow's global
-    registry URI, not the test's own registry.
-    """
-    import tempfile
-
-    from utils.model.registry import download, resolve
-
-    uri = settings.tracking_uri
-    resolved = resolve(uri, settings.model_name, stage=None if alias else (stage or "Production"),
-                       alias=alias)
-    return download(uri, resolved, Path(tempfile.mkdtemp(prefix="registered-")) / "model")

@@ -1,4 +1,4 @@
-"""Model outputs -> `PredictionResponse`: units, ellipse and GeoJSON by SPEC §5, and a verdict.
+"""Model outputs -> `PredictionResponse`: units, ellipse and GeoJSON by docs/api.md §5, and a verdict.
 
 Kept apart from the service so the exact response can be computed (and tested) without a
 server.  Model outputs are checked, never patched into confidence: a non-finite position or
@@ -46,7 +46,7 @@ def utc_now() -> str:
 
 
 def check_outputs(raw: RawPredictions) -> None:
-    """Raise `ModelOutputError` for the first sample whose outputs break SPEC §2."""
+    """Raise `ModelOutputError` for the first sample whose outputs break docs/api.md §8."""
     u = raw.uncertainties
     checks = (
         (~np.isfinite(raw.positions).all(axis=1), "non-finite position"),

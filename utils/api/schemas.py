@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API (SPEC §4): field names are the contract.
+"""Request and response models of the HTTP API (docs/api.md §2): field names are the contract.
 
 `iq_data` is validated as a plain JSON list and converted by numpy (`utils.api.decoding`): letting
 pydantic walk tens of thousands of `[I, Q]` pairs through a union of nested list types costs

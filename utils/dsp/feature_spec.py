@@ -3,7 +3,7 @@
 It travels with the model (`feature_spec.json` beside `model.onnx`, mirrored in the BentoML
 model's metadata) so that the demo trainer and the service run the very same preprocessing with
 the very same constants.  A model without one is served with `default_feature_spec()` and a
-warning, as SPEC §2 requires.
+warning, as docs/api.md §8 requires.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Uncertainty ellipses by the conventions of SPEC §5 (framework-free, vectorised).
+"""Uncertainty ellipses by the conventions of docs/api.md §5 (framework-free, vectorised).
 
 Errors are a 2-D Gaussian in the local east/north tangent plane, in metres.  The model reports
 sigma of latitude and of longitude in degrees; they become metres through the WGS84 meridian

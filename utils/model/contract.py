@@ -1,4 +1,4 @@
-"""The model contract of SPEC §2, checked on a model folder before anything trusts it.
+"""The model contract of docs/api.md §8, checked on a model folder before anything trusts it.
 
 Used by `import_model.py` before a model enters the BentoML store (with the full `onnx.checker`
 pass) and by the service when it loads one (onnxruntime checks only: the serving image carries
@@ -42,7 +42,7 @@ class CorruptModelError(Exception):
 
 
 class ContractViolation(Exception):
-    """The model loads but its interface or outputs break SPEC §2."""
+    """The model loads but its interface or outputs break docs/api.md §8."""
 
 
 class ModelContract(BaseModel):
@@ -117,7 +117,7 @@ def _dims(shape: list[object]) -> tuple[int | str, ...]:
 
 
 def validate_model_folder(folder: Path, *, full_check: bool = True) -> ModelContract:
-    """Check a model folder against SPEC §2; raise `CorruptModelError` / `ContractViolation`."""
+    """Check a model folder against docs/api.md §8; raise `CorruptModelError` / `ContractViolation`."""
     model_path = folder / MODEL_FILENAME
     if not model_path.is_file():
         raise CorruptModelError(f"{MODEL_FILENAME} is missing from the model folder")

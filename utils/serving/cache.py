@@ -7,7 +7,7 @@ the cache steps aside for `cooldown_s` (a small circuit breaker) so an outage co
 timeout per worker per cool-down, not one per request. Errors are counted in Prometheus and
 logged at most once per `log_every_s`.
 
-Keys (SPEC §6): a digest of the model's sha256, the options that change the answer and the
+Keys (docs/api.md §6): a digest of the model's sha256, the options that change the answer and the
 canonical capture bytes, so a newly imported model never sees an older model's answers.
 Values: the response without its per-request fields (timing, timestamp, cache flag, session),
 as compact JSON.

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import redis
 
-from tests.conftest import make_settings
-from tests.model_factory import register_onnx_model, toy_model
-from tests.serving import Server, free_port, import_demo_model, start_server
+from tests.support.registry import make_settings
+from tests.support.model_factory import register_onnx_model, toy_model
+from tests.support.serving import Server, free_port, import_demo_model, start_server
 from utils.serving.cache import LRUCache, RedisCache, cache_key, decode_value, encode_value
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec

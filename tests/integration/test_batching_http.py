@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving import Server, start_server
+from tests.support.serving import Server, start_server
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes

@@ -1,4 +1,4 @@
-"""Ellipse conventions (SPEC §5): analytic cases, Monte Carlo coverage, geodesy, properties."""
+"""Ellipse conventions (docs/api.md §5): analytic cases, Monte Carlo coverage, geodesy, properties."""
 
 from __future__ import annotations
 

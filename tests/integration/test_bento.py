@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.serving import import_demo_model, start_server
+from tests.support.serving import import_demo_model, start_server
 from utils.config import PROJECT_ROOT
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec

@@ -1,4 +1,4 @@
-"""The demo model as registered: a valid ONNX contract (SPEC §2) that really localizes (§3)."""
+"""The demo model as registered: a valid ONNX contract (docs/api.md §8) that really localizes (§8.3)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from demo.onnx_graph import feature_model
 from demo.train import ellipse_coverage, geodesic_errors_m
-from tests.conftest import download_registered_model
+from tests.support.registry import download_registered_model
 from utils.dsp.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
 from utils.dsp.preprocessing import preprocess
 from utils.dsp.synthetic import SceneConfig, generate_scenes

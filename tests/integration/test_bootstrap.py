@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from demo.bootstrap import bootstrap
-from tests.conftest import download_registered_model, make_settings
+from tests.support.registry import download_registered_model, make_settings
 from utils.config import PROJECT_ROOT
 from utils.dsp.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
 

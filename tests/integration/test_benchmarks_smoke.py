@@ -40,7 +40,7 @@ def test_locustfile_runs_headless(demo_registry, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.serving import import_demo_model, start_server
+    from tests.support.serving import import_demo_model, start_server
     from utils.config import PROJECT_ROOT
 
     settings, _ = demo_registry

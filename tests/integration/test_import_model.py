@@ -23,9 +23,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from demo.bootstrap import bootstrap
-from tests.conftest import make_settings
-from tests.model_factory import experiment, register_files, register_onnx_model, toy_model
-from tests.serving import free_port
+from tests.support.registry import make_settings
+from tests.support.model_factory import experiment, register_files, register_onnx_model, toy_model
+from tests.support.serving import free_port
 from utils.config import PROJECT_ROOT
 from utils.dsp.feature_spec import FeatureSpec
 

@@ -22,14 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.model_factory import register_onnx_model, toy_model
-from tests.serving import Server, import_demo_model, start_server
+from tests.support.model_factory import register_onnx_model, toy_model
+from tests.support.serving import Server, import_demo_model, start_server
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec
 from utils.model.quality import max_amplitude
 from utils.dsp.synthetic import generate_scenes
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -243,7 +243,7 @@ def test_a_model_with_non_finite_outputs_is_a_5xx_naming_it_and_spares_neighbour
 
     from mlflow.tracking import MlflowClient
 
-    from tests.conftest import make_settings
+    from tests.support.registry import make_settings
 
     settings = make_settings(tmp_path / "registry")
     settings.local_registry_dir.mkdir()

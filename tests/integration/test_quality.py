@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import download_registered_model
+from tests.support.registry import download_registered_model
 from utils.dsp.feature_spec import FeatureSpec
 from utils.model.runtime import ModelRuntime, RawPredictions
 from utils.model.quality import (

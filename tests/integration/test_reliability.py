@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tests.serving import Server, free_port, start_server
+from tests.support.serving import Server, free_port, start_server
 from utils.config import PROJECT_ROOT
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec, Receiver
@@ -315,7 +315,7 @@ def test_no_pickle_and_no_writes_to_the_model_store(home: Path, tmp_path: Path) 
         srv.stop()
     assert _tree_digest(home / "models") == before
     sources = "\n".join(p.read_text() for p in PROJECT_ROOT.glob("*.py")) + "\n".join(
-        p.read_text() for p in (PROJECT_ROOT / "utils").glob("*.py"))
+        p.read_text() for p in (PROJECT_ROOT / "utils").rglob("*.py"))
     for unsafe in ("import pickle", "cloudpickle", "yaml.load(", "eval(", "exec("):
         assert unsafe not in sources, unsafe
 

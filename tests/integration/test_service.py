@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serving import Server, import_demo_model, start_server
+from tests.support.serving import Server, import_demo_model, start_server
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes
