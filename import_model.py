@@ -86,7 +86,8 @@ def _existing(bento_name: str, resolved: ResolvedVersion, sha256: str):  # noqa:
     except bentoml.exceptions.NotFound:
         return None
     matches = [
-        m for m in stored
+        m
+        for m in stored
         if m.info.labels.get("registered_name") == resolved.name
         and m.info.labels.get("mlflow_version") == resolved.version
         and m.info.metadata.get("sha256") == sha256
@@ -132,9 +133,16 @@ def _metadata(uri: str, resolved: ResolvedVersion, contract: ModelContract) -> d
     ).for_store()
 
 
-def import_model(settings: Settings, *, tracking_uri: str | None = None,
-                 name: str | None = None, stage: str | None = None, alias: str | None = None,
-                 version: str | None = None, force: bool = False) -> ImportResult:
+def import_model(
+    settings: Settings,
+    *,
+    tracking_uri: str | None = None,
+    name: str | None = None,
+    stage: str | None = None,
+    alias: str | None = None,
+    version: str | None = None,
+    force: bool = False,
+) -> ImportResult:
     """Resolve, download, validate, store. Raises the typed errors `main` maps to exit codes."""
     uri = tracking_uri or settings.tracking_uri
     name = name or settings.model_name
@@ -147,20 +155,29 @@ def import_model(settings: Settings, *, tracking_uri: str | None = None,
         try:
             folder = download(uri, resolved, Path(tmp) / "model")
         except Exception as exc:  # mlflow raises many kinds when artifacts are missing
-            raise CorruptModelError(f"cannot download the artifacts of {resolved.model_uri}: "
-                                    f"{str(exc).splitlines()[0][:200]}") from exc
+            raise CorruptModelError(
+                f"cannot download the artifacts of {resolved.model_uri}: "
+                f"{str(exc).splitlines()[0][:200]}"
+            ) from exc
         contract = validate_model_folder(folder, full_check=True)
         existing = _existing(settings.bento_model_name, resolved, contract.sha256)
         if existing is not None and not force:
-            log.info("%s version %s (sha256 %s) is already stored as %s", name, resolved.version,
-                     contract.sha256[:12], existing.tag)
+            log.info(
+                "%s version %s (sha256 %s) is already stored as %s",
+                name,
+                resolved.version,
+                contract.sha256[:12],
+                existing.tag,
+            )
             return _result(str(existing.tag), False, resolved, contract)
         import bentoml
 
         try:
-            with bentoml.models.create(settings.bento_model_name,
-                                       labels=_labels(resolved, contract),
-                                       metadata=_metadata(uri, resolved, contract)) as model:
+            with bentoml.models.create(
+                settings.bento_model_name,
+                labels=_labels(resolved, contract),
+                metadata=_metadata(uri, resolved, contract),
+            ) as model:
                 for item in folder.iterdir():
                     target = Path(model.path) / item.name
                     if item.is_dir():
@@ -173,48 +190,68 @@ def import_model(settings: Settings, *, tracking_uri: str | None = None,
     return _result(str(model.tag), True, resolved, contract)
 
 
-def _result(tag: str, created: bool, resolved: ResolvedVersion,
-            contract: ModelContract) -> ImportResult:
-    return ImportResult(tag=tag, created=created, registered_name=resolved.name,
-                        mlflow_version=resolved.version, stage=resolved.stage,
-                        alias=resolved.alias, sha256=contract.sha256,
-                        feature_spec_source=contract.feature_spec_source,
-                        warnings=list(contract.warnings))
+def _result(
+    tag: str, created: bool, resolved: ResolvedVersion, contract: ModelContract
+) -> ImportResult:
+    return ImportResult(
+        tag=tag,
+        created=created,
+        registered_name=resolved.name,
+        mlflow_version=resolved.version,
+        stage=resolved.stage,
+        alias=resolved.alias,
+        sha256=contract.sha256,
+        feature_spec_source=contract.feature_spec_source,
+        warnings=list(contract.warnings),
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="import_model.py",
         description="Import a model version from the MLflow registry into the BentoML model "
-                    "store, after validating it against the model contract.",
+        "store, after validating it against the model contract.",
         epilog="Exit codes: 0 ok, 2 bad arguments, 3 registry unreachable, 4 not found, "
-               "5 contract violation, 6 corrupt or unreadable model, 7 BentoML store error.",
+        "5 contract violation, 6 corrupt or unreadable model, 7 BentoML store error.",
     )
-    parser.add_argument("--tracking-uri", help="MLflow registry (default: MLFLOW_TRACKING_URI, "
-                        "else the embedded local registry)")
-    parser.add_argument("--name", help="registered model name (default: MODEL_NAME, "
-                        "localization_model)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow registry (default: MLFLOW_TRACKING_URI, else the embedded local registry)",
+    )
+    parser.add_argument(
+        "--name", help="registered model name (default: MODEL_NAME, localization_model)"
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--stage", help="registry stage (default: MODEL_STAGE, Production)")
     which.add_argument("--alias", help="registry alias, e.g. production")
     which.add_argument("--version", help="explicit registry version")
-    parser.add_argument("--force", action="store_true",
-                        help="store a new revision even if this version is already imported")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="store a new revision even if this version is already imported",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     for noisy in ("alembic", "mlflow", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = get_settings()
-        result = import_model(settings, tracking_uri=args.tracking_uri, name=args.name,
-                              stage=args.stage, alias=args.alias, version=args.version,
-                              force=args.force)
+        result = import_model(
+            settings,
+            tracking_uri=args.tracking_uri,
+            name=args.name,
+            stage=args.stage,
+            alias=args.alias,
+            version=args.version,
+            force=args.force,
+        )
     except RegistryUnreachable as exc:
         return _fail(EXIT_UNREACHABLE, f"registry unreachable: {exc}")
     except ModelNotFound as exc:
@@ -229,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(result), sort_keys=True))
     else:
         state = "imported" if result.created else "already imported"
-        print(f"{state}: {result.registered_name} version {result.mlflow_version} "
-              f"(sha256 {result.sha256[:12]})")
+        print(
+            f"{state}: {result.registered_name} version {result.mlflow_version} "
+            f"(sha256 {result.sha256[:12]})"
+        )
         print(result.tag)
     return EXIT_OK
 

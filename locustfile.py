@@ -78,32 +78,44 @@ class LocalizationClient(HttpUser):
 
     @task(6)
     def predict_b64(self) -> None:
-        body = {"iq_b64": self._pick(Payloads.b64, Payloads.fresh_b64),
-                "session_id": f"locust-{id(self)}"}
-        with self.client.post("/predict", json=body, name="/predict [iq_b64]",
-                              catch_response=True) as r:
+        body = {
+            "iq_b64": self._pick(Payloads.b64, Payloads.fresh_b64),
+            "session_id": f"locust-{id(self)}",
+        }
+        with self.client.post(
+            "/predict", json=body, name="/predict [iq_b64]", catch_response=True
+        ) as r:
             if r.status_code != 200 or "position" not in r.json():
                 r.failure(f"{r.status_code}: {r.text[:200]}")
 
     @task(2)
     def predict_pairs(self) -> None:
         body = {"iq_data": self._pick(Payloads.pairs, Payloads.fresh_pairs)}
-        with self.client.post("/predict", json=body, name="/predict [iq_data]",
-                              catch_response=True) as r:
+        with self.client.post(
+            "/predict", json=body, name="/predict [iq_data]", catch_response=True
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"{r.status_code}: {r.text[:200]}")
 
     @task(1)
     def predict_batch(self) -> None:
         items = [self._pick(Payloads.b64, Payloads.fresh_b64) for _ in range(BATCH_SIZE)]
-        with self.client.post("/predict_batch", json={"iq_b64_samples": items},
-                              name="/predict_batch", catch_response=True) as r:
+        with self.client.post(
+            "/predict_batch",
+            json={"iq_b64_samples": items},
+            name="/predict_batch",
+            catch_response=True,
+        ) as r:
             if r.status_code != 200 or len(r.json()["predictions"]) != BATCH_SIZE:
                 r.failure(f"{r.status_code}: {r.text[:200]}")
 
     @task(1)
     def ellipse(self) -> None:
-        body = {"latitude": random.uniform(44.3, 45.8), "longitude": random.uniform(7.0, 9.6),
-                "sigma_x": random.uniform(500, 40_000), "sigma_y": random.uniform(500, 40_000),
-                "rho": random.uniform(-0.8, 0.8)}
+        body = {
+            "latitude": random.uniform(44.3, 45.8),
+            "longitude": random.uniform(7.0, 9.6),
+            "sigma_x": random.uniform(500, 40_000),
+            "sigma_y": random.uniform(500, 40_000),
+            "rho": random.uniform(-0.8, 0.8),
+        }
         self.client.post("/ellipse", json=body, name="/ellipse")

@@ -4,7 +4,8 @@
   `mlflow models serve`; rows carry `iq_b64` or `iq_data` like our API.
 - `app`: a per-request FastAPI + onnxruntime server without batching (the original design).
 
-Both decode with `utils.api.decoding`, run `utils.model.runtime.ModelRuntime` one request at a time and
+Both decode with `utils.api.decoding`, run `utils.model.runtime.ModelRuntime` one request at a
+time and
 answer with `utils.api.responses`, so every server in the comparison does the same work per sample.
 """
 
@@ -17,8 +18,8 @@ from typing import Any
 import yaml
 
 from utils.api.decoding import decode_iq_b64, decode_iq_data
-from utils.model.runtime import ModelRuntime
 from utils.api.responses import build_predictions
+from utils.model.runtime import ModelRuntime
 
 MAX_SAMPLES = 65_536
 
@@ -26,17 +27,29 @@ MAX_SAMPLES = 65_536
 def load_runtime(model_dir: Path) -> ModelRuntime:
     meta_path = model_dir / "model.yaml"
     meta = yaml.safe_load(meta_path.read_text())["metadata"] if meta_path.exists() else {}
-    return ModelRuntime(model_dir, meta, intra_threads=1, inter_threads=1,
-                        providers=["CPUExecutionProvider"])
+    return ModelRuntime(
+        model_dir, meta, intra_threads=1, inter_threads=1, providers=["CPUExecutionProvider"]
+    )
 
 
 def predict_rows(runtime: ModelRuntime, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    captures = [decode_iq_b64(r["iq_b64"], runtime.spec, MAX_SAMPLES) if r.get("iq_b64")
-                else decode_iq_data(r["iq_data"], runtime.spec, MAX_SAMPLES) for r in rows]
+    captures = [
+        decode_iq_b64(r["iq_b64"], runtime.spec, MAX_SAMPLES)
+        if r.get("iq_b64")
+        else decode_iq_data(r["iq_data"], runtime.spec, MAX_SAMPLES)
+        for r in rows
+    ]
     raw = runtime.predict(captures)
     responses = build_predictions(
-        raw, spec=runtime.spec, envelope=runtime.envelope, confidence_level=0.95,
-        include_geojson=False, model_version="baseline", inference_time_ms=0.0, session_id=None)
+        raw,
+        spec=runtime.spec,
+        envelope=runtime.envelope,
+        confidence_level=0.95,
+        include_geojson=False,
+        model_version="baseline",
+        inference_time_ms=0.0,
+        session_id=None,
+    )
     return [r.model_dump(mode="json") for r in responses]
 
 

@@ -40,8 +40,8 @@ import numpy as np
 import psutil
 
 from benchmarks.loadgen import run_load
-from utils.config import PROJECT_ROOT, get_settings
 from utils.api.decoding import encode_capture
+from utils.config import PROJECT_ROOT, get_settings
 from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes
 
@@ -58,13 +58,15 @@ def free_port() -> int:
 
 # --- model ------------------------------------------------------------------------------------
 
+
 def import_model_into(home: Path, registry_uri: str | None) -> Path:
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
     args = [sys.executable, "import_model.py"]
     if registry_uri:
         args += ["--tracking-uri", registry_uri]
-    done = subprocess.run(args, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        args, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     if done.returncode != 0:
         raise SystemExit(f"import failed: {done.stderr.strip().splitlines()[-1]}")
     name, version = done.stdout.strip().splitlines()[-1].split(":")
@@ -72,6 +74,7 @@ def import_model_into(home: Path, registry_uri: str | None) -> Path:
 
 
 # --- in-process ceiling -------------------------------------------------------------------------
+
 
 def _ceiling_worker(args: tuple[str, list[str], int, float]) -> tuple[int, float]:
     model_dir, bodies, batch, seconds = args
@@ -88,23 +91,30 @@ def _ceiling_worker(args: tuple[str, list[str], int, float]) -> tuple[int, float
     return done, time.perf_counter() - started
 
 
-def in_process_ceiling(model_dir: Path, bodies: list[str], batches: list[int], workers: int,
-                       seconds: float) -> list[dict[str, Any]]:
+def in_process_ceiling(
+    model_dir: Path, bodies: list[str], batches: list[int], workers: int, seconds: float
+) -> list[dict[str, Any]]:
     rows = []
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")  # one thread per process, as in every server here
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers) as pool:
         for batch in batches:
-            parts = pool.map(_ceiling_worker,
-                             [(str(model_dir), bodies, batch, seconds)] * workers)
+            parts = pool.map(_ceiling_worker, [(str(model_dir), bodies, batch, seconds)] * workers)
             rate = sum(n / t for n, t in parts)
-            rows.append({"server": "in-process ceiling", "encoding": "iq_b64", "batch": batch,
-                         "samples_per_s": round(rate, 1)})
+            rows.append(
+                {
+                    "server": "in-process ceiling",
+                    "encoding": "iq_b64",
+                    "batch": batch,
+                    "samples_per_s": round(rate, 1),
+                }
+            )
     return rows
 
 
 # --- servers ----------------------------------------------------------------------------------
+
 
 class PeakRSS:
     """Samples the RSS of a process tree in a thread; `peak_mb` is the maximum seen."""
@@ -138,15 +148,20 @@ class PeakRSS:
 
 
 @contextmanager
-def server(args: list[str], ready_url: str, env: dict[str, str], log: Path,
-           timeout: float = 240.0) -> Iterator[subprocess.Popen[bytes]]:
+def server(
+    args: list[str], ready_url: str, env: dict[str, str], log: Path, timeout: float = 240.0
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         blas = {v: "1" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-        proc = subprocess.Popen(args, cwd=PROJECT_ROOT,
-                                env={**os.environ, **blas, "PATH": path, **env},
-                                stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **blas, "PATH": path, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -171,65 +186,122 @@ def server(args: list[str], ready_url: str, env: dict[str, str], log: Path,
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def measure(name: str, encoding: str, url: str, payloads: list[Any], levels: list[int],
-            per_client: int, minimum: int, pid: int) -> list[dict[str, Any]]:
+def measure(
+    name: str,
+    encoding: str,
+    url: str,
+    payloads: list[Any],
+    levels: list[int],
+    per_client: int,
+    minimum: int,
+    pid: int,
+) -> list[dict[str, Any]]:
     rows = []
     for level in levels:
         total = max(minimum, level * per_client)
         with PeakRSS(pid) as rss:
             result = run_load(url, payloads, level, total)
-        row = {"server": name, "encoding": encoding, **result.summary(),
-               "peak_rss_mb": rss.peak_mb}
-        print(f"  {name:<26} {encoding:<8} c={level:<3} {row['rps']:>7} req/s  "
-              f"p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  errors {row['errors']}",
-              flush=True)
+        row = {"server": name, "encoding": encoding, **result.summary(), "peak_rss_mb": rss.peak_mb}
+        print(
+            f"  {name:<26} {encoding:<8} c={level:<3} {row['rps']:>7} req/s  "
+            f"p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  errors {row['errors']}",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
 
 # --- the run ------------------------------------------------------------------------------------
 
-def run(levels: list[int], workers: int, per_client: int, minimum: int, scenes: int,
-        ceiling_seconds: float, out: Path | None, registry_uri: str | None,
-        skip: set[str]) -> dict[str, Any]:
+
+def run(
+    levels: list[int],
+    workers: int,
+    per_client: int,
+    minimum: int,
+    scenes: int,
+    ceiling_seconds: float,
+    out: Path | None,
+    registry_uri: str | None,
+    skip: set[str],
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rfloc-bench-"))
     home = work / "bentoml"
     model_dir = import_model_into(home, registry_uri)
-    spec_json = (model_dir / "feature_spec.json")
-    spec = FeatureSpec.model_validate_json(spec_json.read_text()) if spec_json.exists() \
+    spec_json = model_dir / "feature_spec.json"
+    spec = (
+        FeatureSpec.model_validate_json(spec_json.read_text())
+        if spec_json.exists()
         else FeatureSpec()
+    )
     iq = generate_scenes(scenes, seed=4242, spec=spec).iq
     b64 = [encode_capture(c) for c in iq]
     pairs = [np.stack([c.real, c.imag], axis=-1).tolist() for c in iq[: max(2, scenes // 4)]]
     rows: list[dict[str, Any]] = []
-    print(f"model {model_dir.parent.name}:{model_dir.name}, {workers} workers, "
-          f"concurrency {levels}", flush=True)
+    print(
+        f"model {model_dir.parent.name}:{model_dir.name}, {workers} workers, concurrency {levels}",
+        flush=True,
+    )
 
     print("in-process ceiling", flush=True)
-    rows += in_process_ceiling(model_dir, b64, sorted(set([1, 8, 32, 64] + levels)), workers,
-                               ceiling_seconds)
+    rows += in_process_ceiling(
+        model_dir, b64, sorted(set([1, 8, 32, 64] + levels)), workers, ceiling_seconds
+    )
     for r in rows:
         print(f"  batch {r['batch']:<3} {r['samples_per_s']:>8} samples/s", flush=True)
 
-    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True",
-           "SERVICE_WORKERS": str(workers)}
+    env = {
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "SERVICE_WORKERS": str(workers),
+    }
     port = free_port()
     cache_hit: dict[str, Any] = {}
-    with server([sys.executable, "-m", "bentoml", "serve", "service:Localization", "--port",
-                 str(port), "--host", "127.0.0.1"], f"http://127.0.0.1:{port}/readyz", env,
-                work / "bentoml.log") as proc:
+    with server(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service:Localization",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        f"http://127.0.0.1:{port}/readyz",
+        env,
+        work / "bentoml.log",
+    ) as proc:
         url = f"http://127.0.0.1:{port}/predict"
-        rows += measure("this service (BentoML)", "iq_b64", url,
-                        [{"iq_b64": b, "cache_enabled": False} for b in b64], levels,
-                        per_client, minimum, proc.pid)
-        rows += measure("this service (BentoML)", "iq_data", url,
-                        [{"iq_data": p, "cache_enabled": False} for p in pairs], levels,
-                        per_client, minimum, proc.pid)
+        rows += measure(
+            "this service (BentoML)",
+            "iq_b64",
+            url,
+            [{"iq_b64": b, "cache_enabled": False} for b in b64],
+            levels,
+            per_client,
+            minimum,
+            proc.pid,
+        )
+        rows += measure(
+            "this service (BentoML)",
+            "iq_data",
+            url,
+            [{"iq_data": p, "cache_enabled": False} for p in pairs],
+            levels,
+            per_client,
+            minimum,
+            proc.pid,
+        )
         warm = {"iq_b64": b64[0]}
         httpx.post(url, json=warm, timeout=30)
         hit = run_load(url, [warm], 1, max(50, minimum // 2))
-        cache_hit = {"server": "this service (BentoML)", "encoding": "iq_b64 (cache hit)",
-                     **hit.summary()}
+        cache_hit = {
+            "server": "this service (BentoML)",
+            "encoding": "iq_b64 (cache hit)",
+            **hit.summary(),
+        }
         print(f"  cache hit: p50 {cache_hit['p50_ms']} ms, p99 {cache_hit['p99_ms']} ms")
 
     if "mlflow" not in skip:
@@ -239,47 +311,112 @@ def run(levels: list[int], workers: int, per_client: int, minimum: int, scenes: 
 
         pyfunc_dir = work / "pyfunc"
         mlflow.pyfunc.save_model(
-            path=str(pyfunc_dir), python_model=LocalizationPyfunc(),
+            path=str(pyfunc_dir),
+            python_model=LocalizationPyfunc(),
             artifacts={"model_dir": str(model_dir)},
             code_paths=[str(PROJECT_ROOT / "utils"), str(PROJECT_ROOT / "benchmarks")],
             pip_requirements=["onnxruntime", "numpy", "scipy", "pyproj", "pydantic"],
         )
         port = free_port()
         mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-        with server([mlflow_bin, "models", "serve", "-m", str(pyfunc_dir), "--env-manager",
-                     "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
-                    f"http://127.0.0.1:{port}/ping", {"MLFLOW_TRACKING_URI": ""},
-                    work / "mlflow.log") as proc:
+        with server(
+            [
+                mlflow_bin,
+                "models",
+                "serve",
+                "-m",
+                str(pyfunc_dir),
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                str(workers),
+            ],
+            f"http://127.0.0.1:{port}/ping",
+            {"MLFLOW_TRACKING_URI": ""},
+            work / "mlflow.log",
+        ) as proc:
             url = f"http://127.0.0.1:{port}/invocations"
-            rows += measure("mlflow models serve", "iq_data", url,
-                            [{"dataframe_records": [{"iq_data": p}]} for p in pairs], levels,
-                            per_client, minimum, proc.pid)
-            rows += measure("mlflow models serve", "iq_b64", url,
-                            [{"dataframe_records": [{"iq_b64": b}]} for b in b64], levels,
-                            per_client, minimum, proc.pid)
+            rows += measure(
+                "mlflow models serve",
+                "iq_data",
+                url,
+                [{"dataframe_records": [{"iq_data": p}]} for p in pairs],
+                levels,
+                per_client,
+                minimum,
+                proc.pid,
+            )
+            rows += measure(
+                "mlflow models serve",
+                "iq_b64",
+                url,
+                [{"dataframe_records": [{"iq_b64": b}]} for b in b64],
+                levels,
+                per_client,
+                minimum,
+                proc.pid,
+            )
 
     if "fastapi" not in skip:
         port = free_port()
         uvicorn_bin = str(Path(sys.executable).with_name("uvicorn"))
-        with server([uvicorn_bin, "benchmarks.baseline_model:app", "--host", "127.0.0.1",
-                     "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
-                    f"http://127.0.0.1:{port}/health", {"BASELINE_MODEL_DIR": str(model_dir)},
-                    work / "fastapi.log") as proc:
+        with server(
+            [
+                uvicorn_bin,
+                "benchmarks.baseline_model:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--log-level",
+                "warning",
+            ],
+            f"http://127.0.0.1:{port}/health",
+            {"BASELINE_MODEL_DIR": str(model_dir)},
+            work / "fastapi.log",
+        ) as proc:
             url = f"http://127.0.0.1:{port}/predict"
-            rows += measure("per-request FastAPI", "iq_data", url,
-                            [{"iq_data": p} for p in pairs], levels, per_client, minimum,
-                            proc.pid)
-            rows += measure("per-request FastAPI", "iq_b64", url,
-                            [{"iq_b64": b} for b in b64], levels, per_client, minimum,
-                            proc.pid)
+            rows += measure(
+                "per-request FastAPI",
+                "iq_data",
+                url,
+                [{"iq_data": p} for p in pairs],
+                levels,
+                per_client,
+                minimum,
+                proc.pid,
+            )
+            rows += measure(
+                "per-request FastAPI",
+                "iq_b64",
+                url,
+                [{"iq_b64": b} for b in b64],
+                levels,
+                per_client,
+                minimum,
+                proc.pid,
+            )
 
     result = {
-        "meta": {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "python": platform.python_version(), "cpus": os.cpu_count(),
-                 "workers": workers, "concurrency": levels, "scenes": scenes,
-                 "model": f"{model_dir.parent.name}:{model_dir.name}",
-                 "note": "load generator on the same machine as the servers"},
-        "rows": rows, "cache_hit": cache_hit, "targets": targets(rows, levels),
+        "meta": {
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "workers": workers,
+            "concurrency": levels,
+            "scenes": scenes,
+            "model": f"{model_dir.parent.name}:{model_dir.name}",
+            "note": "load generator on the same machine as the servers",
+        },
+        "rows": rows,
+        "cache_hit": cache_hit,
+        "targets": targets(rows, levels),
     }
     write_results(out, "compare", result, markdown(result))
     return result
@@ -294,11 +431,15 @@ def write_results(out: Path | None, name: str, result: dict[str, Any], table: st
         (out / f"{name}.md").write_text(table + "\n")
 
 
-def _row(rows: list[dict[str, Any]], server_name: str, encoding: str,
-         level: int) -> dict[str, Any] | None:
+def _row(
+    rows: list[dict[str, Any]], server_name: str, encoding: str, level: int
+) -> dict[str, Any] | None:
     for r in rows:
-        if r["server"] == server_name and r["encoding"] == encoding and \
-                r.get("concurrency") == level:
+        if (
+            r["server"] == server_name
+            and r["encoding"] == encoding
+            and r.get("concurrency") == level
+        ):
             return r
     return None
 
@@ -310,13 +451,20 @@ def targets(rows: list[dict[str, Any]], levels: list[int]) -> list[dict[str, Any
     ours_b64 = _row(rows, "this service (BentoML)", "iq_b64", level)
     mlflow_data = _row(rows, "mlflow models serve", "iq_data", level)
     fastapi_data = _row(rows, "per-request FastAPI", "iq_data", level)
-    ceiling = max((r["samples_per_s"] for r in rows if r["server"] == "in-process ceiling"),
-                  default=None)
+    ceiling = max(
+        (r["samples_per_s"] for r in rows if r["server"] == "in-process ceiling"), default=None
+    )
     out: list[dict[str, Any]] = []
 
     def add(name: str, value: float | None, goal: str, met: bool | None) -> None:
-        out.append({"target": name, "value": None if value is None else round(value, 2),
-                    "goal": goal, "met": met})
+        out.append(
+            {
+                "target": name,
+                "value": None if value is None else round(value, 2),
+                "goal": goal,
+                "met": met,
+            }
+        )
 
     if ours_data and mlflow_data and mlflow_data["rps"] > 0:
         ratio = ours_data["rps"] / mlflow_data["rps"]
@@ -330,32 +478,45 @@ def targets(rows: list[dict[str, Any]], levels: list[int]) -> list[dict[str, Any
         add(f"iq_b64 p99 ms (c={level})", ours_b64["p99_ms"], "< 100", ours_b64["p99_ms"] < 100)
         if ceiling:
             share = ours_b64["rps"] / ceiling
-            add(f"iq_b64 throughput / in-process ceiling (c={level})", share, ">= 0.5",
-                share >= 0.5)
+            add(
+                f"iq_b64 throughput / in-process ceiling (c={level})", share, ">= 0.5", share >= 0.5
+            )
     return out
 
 
 def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
-    lines = ["| server | encoding | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | "
-             "peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| server | encoding | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | "
+        "peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if r["server"] == "in-process ceiling":
             continue
-        lines.append(f"| {r['server']} | {r['encoding']} | {r['concurrency']} | {r['rps']} | "
-                     f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | "
-                     f"{r['peak_rss_mb']} |")
+        lines.append(
+            f"| {r['server']} | {r['encoding']} | {r['concurrency']} | {r['rps']} | "
+            f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | "
+            f"{r['peak_rss_mb']} |"
+        )
     hit = result.get("cache_hit") or {}
     if hit:
-        lines.append(f"| {hit['server']} | {hit['encoding']} | 1 | {hit['rps']} | "
-                     f"{hit['p50_ms']} | {hit['p95_ms']} | {hit['p99_ms']} | {hit['errors']} | |")
+        lines.append(
+            f"| {hit['server']} | {hit['encoding']} | 1 | {hit['rps']} | "
+            f"{hit['p50_ms']} | {hit['p95_ms']} | {hit['p99_ms']} | {hit['errors']} | |"
+        )
     lines += ["", "| in-process ceiling (no HTTP) | batch | samples/s |", "|---|---:|---:|"]
-    lines += [f"| decode + preprocess + onnxruntime, {result['meta']['workers']} processes | "
-              f"{r['batch']} | {r['samples_per_s']} |"
-              for r in rows if r["server"] == "in-process ceiling"]
+    lines += [
+        f"| decode + preprocess + onnxruntime, {result['meta']['workers']} processes | "
+        f"{r['batch']} | {r['samples_per_s']} |"
+        for r in rows
+        if r["server"] == "in-process ceiling"
+    ]
     lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
-    lines += [f"| {t['target']} | {t['value']} | {t['goal']} | "
-              f"{'yes' if t['met'] else 'NO'} |" for t in result["targets"]]
+    lines += [
+        f"| {t['target']} | {t['value']} | {t['goal']} | {'yes' if t['met'] else 'NO'} |"
+        for t in result["targets"]
+    ]
     return "\n".join(lines)
 
 
@@ -372,12 +533,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x]
-    run(levels, args.workers, args.per_client, args.min_requests, args.scenes,
-        args.ceiling_seconds, args.out, args.tracking_uri or get_settings().mlflow_tracking_uri,
-        {s for s in args.skip.split(",") if s})
+    run(
+        levels,
+        args.workers,
+        args.per_client,
+        args.min_requests,
+        args.scenes,
+        args.ceiling_seconds,
+        args.out,
+        args.tracking_uri or get_settings().mlflow_tracking_uri,
+        {s for s in args.skip.split(",") if s},
+    )
     return 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

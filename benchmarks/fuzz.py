@@ -28,15 +28,38 @@ def main(argv: list[str] | None = None) -> int:
     import_model_into(home, get_settings().mlflow_tracking_uri)
     port = free_port()
     env = {"BENTOML_HOME": str(home), "SERVICE_WORKERS": "1", "BENTOML_DO_NOT_TRACK": "True"}
-    with server([sys.executable, "-m", "bentoml", "serve", "service:Localization", "--port",
-                 str(port), "--host", "127.0.0.1"], f"http://127.0.0.1:{port}/readyz", env,
-                work / "serve.log"):
+    with server(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service:Localization",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        f"http://127.0.0.1:{port}/readyz",
+        env,
+        work / "serve.log",
+    ):
         st_bin = str(Path(sys.executable).with_name("st"))
         return subprocess.run(
-            [st_bin, "run", f"http://127.0.0.1:{port}/docs.json", "--checks",
-             "not_a_server_error,response_schema_conformance", "--max-examples",
-             str(args.max_examples), "--request-timeout", "60"],
-            env={**os.environ}, check=False).returncode
+            [
+                st_bin,
+                "run",
+                f"http://127.0.0.1:{port}/docs.json",
+                "--checks",
+                "not_a_server_error,response_schema_conformance",
+                "--max-examples",
+                str(args.max_examples),
+                "--request-timeout",
+                "60",
+            ],
+            env={**os.environ},
+            check=False,
+        ).returncode
 
 
 if __name__ == "__main__":

@@ -35,16 +35,26 @@ class LoadResult:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "concurrency": self.concurrency, "requests": self.requests,
-            "seconds": round(self.seconds, 3), "rps": round(self.rps, 1),
-            "p50_ms": round(self.percentile(50), 1), "p95_ms": round(self.percentile(95), 1),
-            "p99_ms": round(self.percentile(99), 1), "errors": self.errors,
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.percentile(50), 1),
+            "p95_ms": round(self.percentile(95), 1),
+            "p99_ms": round(self.percentile(99), 1),
+            "errors": self.errors,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
         }
 
 
-async def _run(url: str, bodies: list[bytes], concurrency: int, total: int,
-               timeout_s: float, seconds: float | None = None) -> LoadResult:
+async def _run(
+    url: str,
+    bodies: list[bytes],
+    concurrency: int,
+    total: int,
+    timeout_s: float,
+    seconds: float | None = None,
+) -> LoadResult:
     """`total` requests, or as many as fit in `seconds` when it is given."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
@@ -54,7 +64,6 @@ async def _run(url: str, bodies: list[bytes], concurrency: int, total: int,
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     headers = {"content-type": "application/json"}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-
         stop_at = time.perf_counter() + seconds if seconds is not None else None
 
         def more() -> bool:
@@ -85,14 +94,24 @@ async def _run(url: str, bodies: list[bytes], concurrency: int, total: int,
     return LoadResult(concurrency, len(latencies), elapsed, latencies, statuses, errors)
 
 
-def run_load(url: str, payloads: list[dict[str, Any]] | list[bytes], concurrency: int,
-             total: int, timeout_s: float = 120.0) -> LoadResult:
+def run_load(
+    url: str,
+    payloads: list[dict[str, Any]] | list[bytes],
+    concurrency: int,
+    total: int,
+    timeout_s: float = 120.0,
+) -> LoadResult:
     bodies = [p if isinstance(p, bytes) else json.dumps(p).encode() for p in payloads]
     return asyncio.run(_run(url, bodies, concurrency, total, timeout_s))
 
 
-async def run_for(url: str, payloads: list[dict[str, Any]] | list[bytes], concurrency: int,
-                  seconds: float, timeout_s: float = 120.0) -> LoadResult:
+async def run_for(
+    url: str,
+    payloads: list[dict[str, Any]] | list[bytes],
+    concurrency: int,
+    seconds: float,
+    timeout_s: float = 120.0,
+) -> LoadResult:
     """Closed-loop load for `seconds` (awaitable, so several loads can run at once)."""
     bodies = [p if isinstance(p, bytes) else json.dumps(p).encode() for p in payloads]
     return await _run(url, bodies, concurrency, 0, timeout_s, seconds)

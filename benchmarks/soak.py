@@ -36,18 +36,35 @@ def _tree_rss_mb(pid: int) -> float:
         return 0.0
 
 
-def soak(duration_s: int, users: int, workers: int, out: Path | None,
-         registry_uri: str | None = None) -> dict[str, Any]:
+def soak(
+    duration_s: int, users: int, workers: int, out: Path | None, registry_uri: str | None = None
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rfloc-soak-"))
     home = work / "bentoml"
     import_model_into(home, registry_uri)
     port = int(os.environ.get("SOAK_PORT", "0")) or free_port()
-    env = {"BENTOML_HOME": str(home), "SERVICE_WORKERS": str(workers),
-           "BENTOML_DO_NOT_TRACK": "True"}
+    env = {
+        "BENTOML_HOME": str(home),
+        "SERVICE_WORKERS": str(workers),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
     samples: list[tuple[float, float]] = []
-    with server([sys.executable, "-m", "bentoml", "serve", "service:Localization", "--port",
-                 str(port), "--host", "127.0.0.1"], f"http://127.0.0.1:{port}/readyz", env,
-                work / "serve.log") as proc:
+    with server(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service:Localization",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        f"http://127.0.0.1:{port}/readyz",
+        env,
+        work / "serve.log",
+    ) as proc:
         stop = threading.Event()
         started = time.monotonic()
 
@@ -61,18 +78,42 @@ def soak(duration_s: int, users: int, workers: int, out: Path | None,
         csv_prefix = (out or work) / "soak_locust"
         (out or work).mkdir(parents=True, exist_ok=True)
         done = subprocess.run(
-            [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u",
-             str(users), "-r", str(users), "-t", f"{duration_s}s", "--host",
-             f"http://127.0.0.1:{port}", "--csv", str(csv_prefix), "--only-summary"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=duration_s + 300)
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                "locustfile.py",
+                "--headless",
+                "-u",
+                str(users),
+                "-r",
+                str(users),
+                "-t",
+                f"{duration_s}s",
+                "--host",
+                f"http://127.0.0.1:{port}",
+                "--csv",
+                str(csv_prefix),
+                "--only-summary",
+            ],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 300,
+        )
         stop.set()
         sampler.join()
     stats = _aggregate(Path(f"{csv_prefix}_stats.csv"))
     warm = [rss for t, rss in samples if t >= 0.2 * duration_s] or [rss for _, rss in samples]
     result = {
-        "duration_s": duration_s, "users": users, "workers": workers,
-        "requests": stats.get("requests", 0), "failures": stats.get("failures", 0),
-        "rps": stats.get("rps", 0.0), "locust_exit_code": done.returncode,
+        "duration_s": duration_s,
+        "users": users,
+        "workers": workers,
+        "requests": stats.get("requests", 0),
+        "failures": stats.get("failures", 0),
+        "rps": stats.get("rps", 0.0),
+        "locust_exit_code": done.returncode,
         "rss_mb_start": round(samples[0][1], 1) if samples else None,
         "rss_mb_after_warmup": round(warm[0], 1) if warm else None,
         "rss_mb_end": round(samples[-1][1], 1) if samples else None,
@@ -94,8 +135,11 @@ def _aggregate(path: Path) -> dict[str, Any]:
     for line in lines[1:]:
         row = dict(zip(header, line.split(","), strict=False))
         if row.get("Name") == "Aggregated":
-            return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
-                    "rps": round(float(row["Requests/s"]), 1)}
+            return {
+                "requests": int(row["Request Count"]),
+                "failures": int(row["Failure Count"]),
+                "rps": round(float(row["Requests/s"]), 1),
+            }
     return {}
 
 
@@ -107,8 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    result = soak(args.duration, args.users, args.workers, args.out,
-                  args.tracking_uri or get_settings().mlflow_tracking_uri)
+    result = soak(
+        args.duration,
+        args.users,
+        args.workers,
+        args.out,
+        args.tracking_uri or get_settings().mlflow_tracking_uri,
+    )
     return 0 if result["failures"] == 0 and result["locust_exit_code"] == 0 else 1
 
 

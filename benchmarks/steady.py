@@ -39,21 +39,32 @@ LEVELS = (32, 64)
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| policy | state | concurrency | rounds | req/s (median) | p50 ms | p99 ms "
-             "| req/s / CORK | p99 / CORK | errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| policy | state | concurrency | rounds | req/s (median) | p50 ms | p99 ms "
+        "| req/s / CORK | p99 / CORK | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in result["summary"]:
-        lines.append(f"| {s['policy']} | {s['state']} | {s['concurrency']} | {s['rounds']} | "
-                     f"{s['rps']} | {s['p50_ms']} | {s['p99_ms']} | {s['rps_vs_cork']} | "
-                     f"{s['p99_vs_cork']} | {s['errors']} |")
-    lines += ["", "Per round (req/s, p99 ms):", "",
-              "| round | state | concurrency | " + " | ".join(result["policies"]) + " |",
-              "|---:|---|---:|" + "---:|" * len(result["policies"])]
+        lines.append(
+            f"| {s['policy']} | {s['state']} | {s['concurrency']} | {s['rounds']} | "
+            f"{s['rps']} | {s['p50_ms']} | {s['p99_ms']} | {s['rps_vs_cork']} | "
+            f"{s['p99_vs_cork']} | {s['errors']} |"
+        )
+    lines += [
+        "",
+        "Per round (req/s, p99 ms):",
+        "",
+        "| round | state | concurrency | " + " | ".join(result["policies"]) + " |",
+        "|---:|---|---:|" + "---:|" * len(result["policies"]),
+    ]
     for key in sorted({(r["round"], r["state"], r["concurrency"]) for r in result["rows"]}):
         cells = []
         for policy in result["policies"]:
-            r = next(x for x in result["rows"] if (x["round"], x["state"], x["concurrency"])
-                     == key and x["policy"] == policy)
+            r = next(
+                x
+                for x in result["rows"]
+                if (x["round"], x["state"], x["concurrency"]) == key and x["policy"] == policy
+            )
             cells.append(f"{r['rps']} / {r['p99_ms']}")
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -65,35 +76,58 @@ def summarise(rows: list[dict[str, Any]], policies: list[str]) -> list[dict[str,
         for level in LEVELS:
             medians = {}
             for policy in policies:
-                mine = [r for r in rows if r["policy"] == policy and r["state"] == state and
-                        r["concurrency"] == level]
+                mine = [
+                    r
+                    for r in rows
+                    if r["policy"] == policy and r["state"] == state and r["concurrency"] == level
+                ]
                 if not mine:
                     continue
                 medians[policy] = {
                     "rps": round(statistics.median(r["rps"] for r in mine), 1),
                     "p50_ms": round(statistics.median(r["p50_ms"] for r in mine), 1),
                     "p99_ms": round(statistics.median(r["p99_ms"] for r in mine), 1),
-                    "errors": sum(r["errors"] for r in mine), "rounds": len(mine)}
+                    "errors": sum(r["errors"] for r in mine),
+                    "rounds": len(mine),
+                }
             cork = medians.get("cork")
             for policy, m in medians.items():
-                out.append({"policy": policy, "state": state, "concurrency": level, **m,
-                            "rps_vs_cork": round(m["rps"] / cork["rps"], 2) if cork else None,
-                            "p99_vs_cork": round(m["p99_ms"] / cork["p99_ms"], 2)
-                            if cork else None})
+                out.append(
+                    {
+                        "policy": policy,
+                        "state": state,
+                        "concurrency": level,
+                        **m,
+                        "rps_vs_cork": round(m["rps"] / cork["rps"], 2) if cork else None,
+                        "p99_vs_cork": round(m["p99_ms"] / cork["p99_ms"], 2) if cork else None,
+                    }
+                )
     return out
 
 
-def run(policies: list[str], rounds: int, requests: int, burst_seconds: float, workers: int,
-        out: Path | None, registry_uri: str | None) -> dict[str, Any]:
+def run(
+    policies: list[str],
+    rounds: int,
+    requests: int,
+    burst_seconds: float,
+    workers: int,
+    out: Path | None,
+    registry_uri: str | None,
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rfloc-steady-"))
     model_dir = import_model_into(work / "bentoml", registry_uri)
     spec_json = model_dir / "feature_spec.json"
-    spec = FeatureSpec.model_validate_json(spec_json.read_text()) if spec_json.exists() \
+    spec = (
+        FeatureSpec.model_validate_json(spec_json.read_text())
+        if spec_json.exists()
         else FeatureSpec()
+    )
     iq = generate_scenes(16, seed=4242, spec=spec).iq
     b64 = [{"iq_b64": encode_capture(c), "cache_enabled": False} for c in iq]
-    pairs = [{"iq_data": np.stack([c.real, c.imag], axis=-1).tolist(), "cache_enabled": False}
-             for c in iq[:4]]
+    pairs = [
+        {"iq_data": np.stack([c.real, c.imag], axis=-1).tolist(), "cache_enabled": False}
+        for c in iq[:4]
+    ]
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         urls = {}
@@ -103,34 +137,59 @@ def run(policies: list[str], rounds: int, requests: int, burst_seconds: float, w
             home.mkdir()
             (home / "models").symlink_to(work / "bentoml" / "models")
             port = free_port()
-            stack.enter_context(server(
-                [sys.executable, "-m", "bentoml", "serve", "service:Localization", "--port",
-                 str(port), "--host", "127.0.0.1"], f"http://127.0.0.1:{port}/readyz",
-                {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True",
-                 "SERVICE_WORKERS": str(workers), "BATCH_DISPATCH": policy},
-                work / f"{policy}.log"))
+            stack.enter_context(
+                server(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bentoml",
+                        "serve",
+                        "service:Localization",
+                        "--port",
+                        str(port),
+                        "--host",
+                        "127.0.0.1",
+                    ],
+                    f"http://127.0.0.1:{port}/readyz",
+                    {
+                        "BENTOML_HOME": str(home),
+                        "BENTOML_DO_NOT_TRACK": "True",
+                        "SERVICE_WORKERS": str(workers),
+                        "BATCH_DISPATCH": policy,
+                    },
+                    work / f"{policy}.log",
+                )
+            )
             urls[policy] = f"http://127.0.0.1:{port}/predict"
             run_load(urls[policy], b64, 1, 20)
         for index in range(rounds):
             state = "fresh" if index < (rounds + 1) // 2 else "after burst"
             if state == "after burst" and index == (rounds + 1) // 2:
-                for policy, url in urls.items():
+                for url in urls.values():
                     asyncio.run(_burst(url, b64, pairs, burst_seconds))
             for level in LEVELS:
                 for policy, url in urls.items():
                     s = run_load(url, b64, level, requests).summary()
                     rows.append({"round": index + 1, "state": state, "policy": policy, **s})
-                    print(f"  round {index + 1} {state:<11} {policy:<7} c={level:<3} "
-                          f"{s['rps']:>7} req/s  p50 {s['p50_ms']:>7} ms  "
-                          f"p99 {s['p99_ms']:>7} ms  errors {s['errors']}", flush=True)
+                    print(
+                        f"  round {index + 1} {state:<11} {policy:<7} c={level:<3} "
+                        f"{s['rps']:>7} req/s  p50 {s['p50_ms']:>7} ms  "
+                        f"p99 {s['p99_ms']:>7} ms  errors {s['errors']}",
+                        flush=True,
+                    )
     result = {
-        "meta": {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "python": platform.python_version(), "cpus": os.cpu_count(),
-                 "workers": workers, "requests_per_measurement": requests,
-                 "burst_seconds": burst_seconds,
-                 "note": "servers up together, measured in turn; load generator on the same "
-                         "machine"},
-        "policies": policies, "rows": rows, "summary": summarise(rows, policies),
+        "meta": {
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "workers": workers,
+            "requests_per_measurement": requests,
+            "burst_seconds": burst_seconds,
+            "note": "servers up together, measured in turn; load generator on the same machine",
+        },
+        "policies": policies,
+        "rows": rows,
+        "summary": summarise(rows, policies),
     }
     write_results(out, "steady", result, markdown(result))
     return result
@@ -146,8 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    run([p for p in args.policies.split(",") if p], args.rounds, args.requests,
-        args.burst_seconds, args.workers, args.out, args.tracking_uri)
+    run(
+        [p for p in args.policies.split(",") if p],
+        args.rounds,
+        args.requests,
+        args.burst_seconds,
+        args.workers,
+        args.out,
+        args.tracking_uri,
+    )
     return 0
 
 

@@ -73,10 +73,12 @@ def _signature(spec: FeatureSpec) -> ModelSignature:
     shape = (-1, spec.n_channels, spec.n_mels, spec.n_frames)
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), shape, "mel_spectrogram")]),
-        outputs=Schema([
-            TensorSpec(np.dtype(np.float32), (-1, 2), "positions"),
-            TensorSpec(np.dtype(np.float32), (-1, 3), "uncertainties"),
-        ]),
+        outputs=Schema(
+            [
+                TensorSpec(np.dtype(np.float32), (-1, 2), "positions"),
+                TensorSpec(np.dtype(np.float32), (-1, 3), "uncertainties"),
+            ]
+        ),
     )
 
 
@@ -109,8 +111,11 @@ def register_onnx_model(
     Returns (version, run_id).  Also used by the tests to put deliberately broken models into a
     registry through exactly the path real models take.
     """
-    run = client.create_run(experiment_id, run_name="demo-model",
-                            tags={"model_kind": "rf-localization-demo", "framework": "onnx"})
+    run = client.create_run(
+        experiment_id,
+        run_name="demo-model",
+        tags={"model_kind": "rf-localization-demo", "framework": "onnx"},
+    )
     run_id = run.info.run_id
     try:
         now = int(time.time() * 1000)
@@ -143,26 +148,38 @@ def register_onnx_model(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="RF transmitter localization")
-    tags = {"accuracy_meters": f"{metrics['accuracy_meters']:.0f}"} if metrics and \
-        "accuracy_meters" in metrics else None
+    tags = (
+        {"accuracy_meters": f"{metrics['accuracy_meters']:.0f}"}
+        if metrics and "accuracy_meters" in metrics
+        else None
+    )
     mv = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}", run_id=run_id, tags=tags,
+        name,
+        source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}",
+        run_id=run_id,
+        tags=tags,
     )
     version = str(mv.version)
     if stage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # stages: deprecated, still supported
-            client.transition_model_version_stage(name, version, stage,
-                                                  archive_existing_versions=True)
+            client.transition_model_version_stage(
+                name, version, stage, archive_existing_versions=True
+            )
     if alias:
         client.set_registered_model_alias(name, alias, version)
     log.info("registered %s version %s (stage %s, alias %s)", name, version, stage, alias)
     return version, run_id
 
 
-def bootstrap(settings: Settings | None = None, *, tracking_uri: str | None = None,
-              force: bool = False, n_scenes: int | None = None,
-              seed: int | None = None) -> BootstrapResult:
+def bootstrap(
+    settings: Settings | None = None,
+    *,
+    tracking_uri: str | None = None,
+    force: bool = False,
+    n_scenes: int | None = None,
+    seed: int | None = None,
+) -> BootstrapResult:
     """Train, log, register and promote the demo model unless Production already exists."""
     from demo.train import TrainConfig, train_demo_model
 
@@ -177,57 +194,93 @@ def bootstrap(settings: Settings | None = None, *, tracking_uri: str | None = No
     current = production_version(client, name)
     if current is not None and not force:
         mv = client.get_model_version(name, current)
-        log.info("%s version %s is already in production; nothing to do (use --force)",
-                 name, current)
+        log.info(
+            "%s version %s is already in production; nothing to do (use --force)", name, current
+        )
         run = client.get_run(mv.run_id) if mv.run_id else None
-        return BootstrapResult(name, current, False, mv.run_id or "",
-                               dict(run.data.metrics) if run else {})
+        return BootstrapResult(
+            name, current, False, mv.run_id or "", dict(run.data.metrics) if run else {}
+        )
 
     defaults = TrainConfig()
-    cfg = TrainConfig(n_scenes=n_scenes or defaults.n_scenes, seed=defaults.seed if seed is None
-                      else seed)
+    cfg = TrainConfig(
+        n_scenes=n_scenes or defaults.n_scenes, seed=defaults.seed if seed is None else seed
+    )
     trained = train_demo_model(cfg)
     version, run_id = register_onnx_model(
-        client, _experiment_id(client, settings, uri), name, trained.onnx_model, trained.spec,
-        metrics=trained.metrics, params=trained.params,
+        client,
+        _experiment_id(client, settings, uri),
+        name,
+        trained.onnx_model,
+        trained.spec,
+        metrics=trained.metrics,
+        params=trained.params,
     )
     return BootstrapResult(name, version, True, run_id, trained.metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tracking-uri", help="registry to write to (default: configured or "
-                        "embedded)")
-    parser.add_argument("--force", action="store_true", help="train and register a new version "
-                        "even if one is in production")
+    parser.add_argument(
+        "--tracking-uri", help="registry to write to (default: configured or embedded)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="train and register a new version even if one is in production",
+    )
     parser.add_argument("--scenes", type=int, default=None, help="number of synthetic scenes")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
-    parser.add_argument("--only-embedded", action="store_true",
-                        help="do nothing when MLFLOW_TRACKING_URI points at a registry of your "
-                        "own (used by `make serve`)")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="also write the version's training metrics to this JSON file "
-                        "(the README's demo-model figures come from benchmarks/results/"
-                        "demo_model.json)")
+    parser.add_argument(
+        "--only-embedded",
+        action="store_true",
+        help="do nothing when MLFLOW_TRACKING_URI points at a registry of your "
+        "own (used by `make serve`)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="also write the version's training metrics to this JSON file "
+        "(the README's demo-model figures come from benchmarks/results/"
+        "demo_model.json)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = get_settings()
     if args.only_embedded and not args.tracking_uri and not settings.uses_embedded_registry:
-        print("MLFLOW_TRACKING_URI is set: using that registry as it is, "
-              "no demo model bootstrapped")
+        print(
+            "MLFLOW_TRACKING_URI is set: using that registry as it is, no demo model bootstrapped"
+        )
         return 0
-    result = bootstrap(tracking_uri=args.tracking_uri, force=args.force, n_scenes=args.scenes,
-                       seed=args.seed)
-    summary = {"name": result.name, "version": result.version, "created": result.created,
-               "run_id": result.run_id, "metrics": result.metrics}
+    result = bootstrap(
+        tracking_uri=args.tracking_uri, force=args.force, n_scenes=args.scenes, seed=args.seed
+    )
+    summary = {
+        "name": result.name,
+        "version": result.version,
+        "created": result.created,
+        "run_id": result.run_id,
+        "metrics": result.metrics,
+    }
     print(json.dumps(summary, sort_keys=True))
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(
-            {**summary, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-            indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        args.results.write_text(
+            json.dumps(
+                {
+                    **summary,
+                    "cpu_count": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     return 0
 
 

@@ -67,8 +67,14 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None,
-           output: str | None = None, **attrs: object) -> str:
+    def op(
+        self,
+        op_type: str,
+        inputs: list[str],
+        hint: str | None = None,
+        output: str | None = None,
+        **attrs: object,
+    ) -> str:
         out = output or self.name(hint or op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out
@@ -77,13 +83,11 @@ class _Graph:
         return self.op(op_type, [x, self.const(axes, "axes", np.int64)], keepdims=keepdims)
 
     def dense(self, x: str, weight: np.ndarray, bias: np.ndarray, relu: bool) -> str:
-        y = self.op("Add", [self.op("MatMul", [x, self.const(weight, "W")]),
-                            self.const(bias, "b")])
+        y = self.op("Add", [self.op("MatMul", [x, self.const(weight, "W")]), self.const(bias, "b")])
         return self.op("Relu", [y]) if relu else y
 
     def standardise(self, x: str, mean: np.ndarray, std: np.ndarray) -> str:
-        return self.op("Div", [self.op("Sub", [x, self.const(mean, "mu")]),
-                               self.const(std, "sd")])
+        return self.op("Div", [self.op("Sub", [x, self.const(mean, "mu")]), self.const(std, "sd")])
 
 
 def _features(g: _Graph, spec: FeatureSpec) -> str:
@@ -92,14 +96,17 @@ def _features(g: _Graph, spec: FeatureSpec) -> str:
     Per receiver: total time-averaged mel power, peak mel band, and the total relative to the
     strongest receiver (which cancels the unknown transmitter power).
     """
-    db = g.op("Add", [g.op("Mul", [INPUT_NAME, g.const(spec.norm_std_db)]),
-                      g.const(spec.norm_mean_db)])
+    db = g.op(
+        "Add", [g.op("Mul", [INPUT_NAME, g.const(spec.norm_std_db)]), g.const(spec.norm_mean_db)]
+    )
     linear = g.op("Exp", [g.op("Mul", [db, g.const(_LN10_OVER_10)])])
     bands = g.reduce("ReduceMean", linear, [3])  # [B, C, M]
-    total_db = g.op("Mul", [g.op("Log", [g.reduce("ReduceSum", bands, [2])]),
-                            g.const(_10_OVER_LN10)])
-    peak_db = g.op("Mul", [g.op("Log", [g.reduce("ReduceMax", bands, [2])]),
-                           g.const(_10_OVER_LN10)])
+    total_db = g.op(
+        "Mul", [g.op("Log", [g.reduce("ReduceSum", bands, [2])]), g.const(_10_OVER_LN10)]
+    )
+    peak_db = g.op(
+        "Mul", [g.op("Log", [g.reduce("ReduceMax", bands, [2])]), g.const(_10_OVER_LN10)]
+    )
     relative_db = g.op("Sub", [total_db, g.reduce("ReduceMax", total_db, [1], keepdims=1)])
     return g.op("Concat", [total_db, peak_db, relative_db], axis=1, hint="features")
 
@@ -110,8 +117,9 @@ def _input_info(spec: FeatureSpec) -> onnx.ValueInfoProto:
     )
 
 
-def _model(g: _Graph, spec: FeatureSpec, outputs: list[onnx.ValueInfoProto],
-           name: str) -> onnx.ModelProto:
+def _model(
+    g: _Graph, spec: FeatureSpec, outputs: list[onnx.ValueInfoProto], name: str
+) -> onnx.ModelProto:
     graph = helper.make_graph(g.nodes, name, [_input_info(spec)], outputs, g.initializers)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="rf-localization-demo"
@@ -126,8 +134,9 @@ def feature_model(spec: FeatureSpec) -> onnx.ModelProto:
     g = _Graph()
     feats = _features(g, spec)
     g.op("Identity", [feats], output="features")
-    out = helper.make_tensor_value_info("features", TensorProto.FLOAT,
-                                        ["batch", 3 * spec.n_channels])
+    out = helper.make_tensor_value_info(
+        "features", TensorProto.FLOAT, ["batch", 3 * spec.n_channels]
+    )
     return _model(g, spec, [out], "demo_features")
 
 
@@ -138,18 +147,31 @@ def localization_model(spec: FeatureSpec, w: DemoWeights) -> onnx.ModelProto:
     h = x
     for layer in w.position_layers:
         h = g.dense(h, layer.weight, layer.bias, layer.relu)
-    g.op("Add", [g.op("Mul", [h, g.const(w.target_std)]), g.const(w.target_mean)],
-         output=POSITIONS)
+    g.op("Add", [g.op("Mul", [h, g.const(w.target_std)]), g.const(w.target_mean)], output=POSITIONS)
 
     head_in = g.op("Concat", [x, h, g.op("Mul", [h, h])], axis=1)
-    raw = g.dense(g.standardise(head_in, w.head_mean, w.head_std), w.head_weight, w.head_bias,
-                  relu=False)
-    log_sigma = g.op("Slice", [raw, g.const([0], "s", np.int64), g.const([2], "e", np.int64),
-                               g.const([1], "a", np.int64)])
-    rho_raw = g.op("Slice", [raw, g.const([2], "s", np.int64), g.const([3], "e", np.int64),
-                             g.const([1], "a", np.int64)])
-    sigma_deg = g.op("Mul", [g.op("Exp", [log_sigma]),
-                             g.const(w.target_std * w.sigma_scale)])
+    raw = g.dense(
+        g.standardise(head_in, w.head_mean, w.head_std), w.head_weight, w.head_bias, relu=False
+    )
+    log_sigma = g.op(
+        "Slice",
+        [
+            raw,
+            g.const([0], "s", np.int64),
+            g.const([2], "e", np.int64),
+            g.const([1], "a", np.int64),
+        ],
+    )
+    rho_raw = g.op(
+        "Slice",
+        [
+            raw,
+            g.const([2], "s", np.int64),
+            g.const([3], "e", np.int64),
+            g.const([1], "a", np.int64),
+        ],
+    )
+    sigma_deg = g.op("Mul", [g.op("Exp", [log_sigma]), g.const(w.target_std * w.sigma_scale)])
     rho = g.op("Mul", [g.op("Tanh", [rho_raw]), g.const(w.rho_limit)])
     g.op("Concat", [sigma_deg, rho], axis=1, output=UNCERTAINTIES)
     outputs = [

@@ -35,7 +35,6 @@ from demo.onnx_graph import (
 from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.preprocessing import preprocess
 from utils.dsp.synthetic import SceneConfig, generate_scenes
-from utils.model.quality import POWER_MAX_KEY, REGION_KEYS, SIGMA_MAX_KEY, channel_power_db
 from utils.geo.ellipse import (
     ONE_SIGMA_PROBABILITY,
     confidence_scale,
@@ -44,6 +43,7 @@ from utils.geo.ellipse import (
     mahalanobis_sq,
     sigmas_deg_to_m,
 )
+from utils.model.quality import POWER_MAX_KEY, REGION_KEYS, SIGMA_MAX_KEY, channel_power_db
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,9 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 0
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def _normalised_spec(base: FeatureSpec, iq: np.ndarray) -> FeatureSpec:
@@ -86,8 +87,9 @@ def _normalised_spec(base: FeatureSpec, iq: np.ndarray) -> FeatureSpec:
     return FeatureSpec.model_validate({**base.model_dump(), **update})
 
 
-def _dataset(cfg: TrainConfig, base: FeatureSpec, world: SceneConfig
-             ) -> tuple[FeatureSpec, np.ndarray, np.ndarray, np.ndarray, float]:
+def _dataset(
+    cfg: TrainConfig, base: FeatureSpec, world: SceneConfig
+) -> tuple[FeatureSpec, np.ndarray, np.ndarray, np.ndarray, float]:
     """(spec, features [N, 3C], targets [N, 2], mel inputs of the test split, the strongest
     receiver level in dB re full scale: the service's envelope of trained levels)."""
     n_test = int(round(cfg.n_scenes * cfg.test_fraction))
@@ -108,17 +110,23 @@ def _dataset(cfg: TrainConfig, base: FeatureSpec, world: SceneConfig
         features.append(session.run(None, {INPUT_NAME: mel})[0])
         targets.append(np.stack([scenes.tx_latitude, scenes.tx_longitude], axis=1))
         if start + n > test_start:
-            test_inputs.append(mel[max(0, test_start - start):])
+            test_inputs.append(mel[max(0, test_start - start) :])
     assert spec is not None
-    return (spec, np.concatenate(features), np.concatenate(targets),
-            np.concatenate(test_inputs), loudest)
+    return (
+        spec,
+        np.concatenate(features),
+        np.concatenate(targets),
+        np.concatenate(test_inputs),
+        loudest,
+    )
 
 
-def _nll_and_grad(params: np.ndarray, z: np.ndarray, r: np.ndarray, l2: float
-                  ) -> tuple[float, np.ndarray]:
+def _nll_and_grad(
+    params: np.ndarray, z: np.ndarray, r: np.ndarray, l2: float
+) -> tuple[float, np.ndarray]:
     """Mean bivariate-Gaussian negative log-likelihood of residuals `r` and its gradient."""
     d = z.shape[1]
-    w, b = params[: 3 * d].reshape(d, 3), params[3 * d:]
+    w, b = params[: 3 * d].reshape(d, 3), params[3 * d :]
     h = z @ w + b
     tanh = np.tanh(h[:, 2])
     rho = RHO_LIMIT * tanh
@@ -148,13 +156,19 @@ def _mahalanobis_sq(h: np.ndarray, r: np.ndarray) -> np.ndarray:
 def geodesic_errors_m(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """WGS84 geodesic distance between predicted and true (lat, lon) rows."""
     geod = Geodesic.WGS84
-    return np.array([geod.Inverse(p[0], p[1], t[0], t[1], Geodesic.DISTANCE)["s12"]
-                     for p, t in zip(pred, truth, strict=True)])
+    return np.array(
+        [
+            geod.Inverse(p[0], p[1], t[0], t[1], Geodesic.DISTANCE)["s12"]
+            for p, t in zip(pred, truth, strict=True)
+        ]
+    )
 
 
-def ellipse_coverage(positions: np.ndarray, uncertainties: np.ndarray, truth: np.ndarray,
-                     confidence: float) -> float:
-    """Share of true positions inside the model's ellipses at `confidence` (docs/api.md §5, metres)."""
+def ellipse_coverage(
+    positions: np.ndarray, uncertainties: np.ndarray, truth: np.ndarray, confidence: float
+) -> float:
+    """Share of true positions inside the model's ellipses at `confidence` (metres; the
+    ellipse conventions of docs/api.md §5)."""
     lat, lon = positions[:, 0], positions[:, 1]
     sx, sy = sigmas_deg_to_m(lat, uncertainties[:, 0], uncertainties[:, 1])
     rho = uncertainties[:, 2] if uncertainties.shape[1] > 2 else 0.0
@@ -163,19 +177,28 @@ def ellipse_coverage(positions: np.ndarray, uncertainties: np.ndarray, truth: np
     return float(np.mean(d2 <= confidence_scale(confidence) ** 2))
 
 
-def _envelope_metrics(world: SceneConfig, positions: np.ndarray, uncertainties: np.ndarray,
-                      loudest_db: float) -> dict[str, float]:
+def _envelope_metrics(
+    world: SceneConfig, positions: np.ndarray, uncertainties: np.ndarray, loudest_db: float
+) -> dict[str, float]:
     """What the model was trained to answer, for the service to tell a fix from a non-fix."""
     sx, sy = sigmas_deg_to_m(positions[:, 0], uncertainties[:, 0], uncertainties[:, 1])
     rho = uncertainties[:, 2] if uncertainties.shape[1] > 2 else 0.0
     semi_major, _, _, _ = ellipse_axes(sx, sy, rho, ONE_SIGMA_PROBABILITY)
-    return {REGION_KEYS[0]: world.lat_min, REGION_KEYS[1]: world.lat_max,
-            REGION_KEYS[2]: world.lon_min, REGION_KEYS[3]: world.lon_max,
-            SIGMA_MAX_KEY: float(semi_major.max()), POWER_MAX_KEY: loudest_db}
+    return {
+        REGION_KEYS[0]: world.lat_min,
+        REGION_KEYS[1]: world.lat_max,
+        REGION_KEYS[2]: world.lon_min,
+        REGION_KEYS[3]: world.lon_max,
+        SIGMA_MAX_KEY: float(semi_major.max()),
+        POWER_MAX_KEY: loudest_db,
+    }
 
 
-def train_demo_model(cfg: TrainConfig | None = None, world: SceneConfig | None = None,
-                     base_spec: FeatureSpec | None = None) -> TrainedDemo:
+def train_demo_model(
+    cfg: TrainConfig | None = None,
+    world: SceneConfig | None = None,
+    base_spec: FeatureSpec | None = None,
+) -> TrainedDemo:
     cfg = cfg or TrainConfig()
     world = world or SceneConfig()
     base = base_spec or FeatureSpec()
@@ -192,9 +215,16 @@ def train_demo_model(cfg: TrainConfig | None = None, world: SceneConfig | None =
     t_mean, t_std = targets[fit].mean(0), targets[fit].std(0)
     x = (feats - f_mean) / f_std
     y = (targets - t_mean) / t_std
-    mlp = MLPRegressor(hidden_layer_sizes=cfg.hidden_layers, activation="relu", alpha=1e-3,
-                       learning_rate_init=1e-3, max_iter=400, early_stopping=True,
-                       n_iter_no_change=20, random_state=cfg.seed % (2**31))
+    mlp = MLPRegressor(
+        hidden_layer_sizes=cfg.hidden_layers,
+        activation="relu",
+        alpha=1e-3,
+        learning_rate_init=1e-3,
+        max_iter=400,
+        early_stopping=True,
+        n_iter_no_change=20,
+        random_state=cfg.seed % (2**31),
+    )
     mlp.fit(x[fit], y[fit])
     pred_unc = mlp.predict(x[unc])
 
@@ -204,23 +234,36 @@ def train_demo_model(cfg: TrainConfig | None = None, world: SceneConfig | None =
     residual = y[unc] - pred_unc
     d = z.shape[1]
     start = np.zeros(3 * d + 3)
-    start[3 * d: 3 * d + 2] = np.log(residual.std(0))
-    fit_result = minimize(_nll_and_grad, start, args=(z, residual, cfg.l2), jac=True,
-                          method="L-BFGS-B", options={"maxiter": 2000})
+    start[3 * d : 3 * d + 2] = np.log(residual.std(0))
+    fit_result = minimize(
+        _nll_and_grad,
+        start,
+        args=(z, residual, cfg.l2),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 2000},
+    )
     head_w = fit_result.x[: 3 * d].reshape(d, 3)
-    head_b = fit_result.x[3 * d:]
+    head_b = fit_result.x[3 * d :]
     d2 = _mahalanobis_sq(z @ head_w + head_b, residual)
     sigma_scale = float(np.sqrt(np.quantile(d2, 0.95) / CHI2_95))
 
     n_layers = len(mlp.coefs_)
     weights = DemoWeights(
-        feature_mean=f_mean, feature_std=f_std,
+        feature_mean=f_mean,
+        feature_std=f_std,
         position_layers=tuple(
             DenseLayer(mlp.coefs_[i], mlp.intercepts_[i], relu=i < n_layers - 1)
             for i in range(n_layers)
         ),
-        target_mean=t_mean, target_std=t_std, head_mean=z_mean, head_std=z_std,
-        head_weight=head_w, head_bias=head_b, sigma_scale=sigma_scale, rho_limit=RHO_LIMIT,
+        target_mean=t_mean,
+        target_std=t_std,
+        head_mean=z_mean,
+        head_std=z_std,
+        head_weight=head_w,
+        head_bias=head_b,
+        sigma_scale=sigma_scale,
+        rho_limit=RHO_LIMIT,
     )
     model = localization_model(spec, weights)
 
@@ -236,7 +279,8 @@ def train_demo_model(cfg: TrainConfig | None = None, world: SceneConfig | None =
         "ellipse_coverage_95": ellipse_coverage(positions, uncertainties, truth, 0.95),
         "ellipse_coverage_1sigma": ellipse_coverage(positions, uncertainties, truth, 0.3935),
         "sigma_scale": sigma_scale,
-        # the envelope of a fix (utils/model/quality.py): region, largest 1-sigma axis, loudest level
+        # the envelope of a fix (utils/model/quality.py): region, largest 1-sigma axis,
+        # loudest level
         **_envelope_metrics(world, positions, uncertainties, loudest_db),
         "training_samples": float(n_fit + n_unc),
         "test_samples": float(n_test),
@@ -245,15 +289,22 @@ def train_demo_model(cfg: TrainConfig | None = None, world: SceneConfig | None =
         "train_seconds": time.perf_counter() - started,
     }
     params: dict[str, str | int | float] = {
-        "n_scenes": cfg.n_scenes, "seed": cfg.seed,
+        "n_scenes": cfg.n_scenes,
+        "seed": cfg.seed,
         "hidden_layers": ",".join(map(str, cfg.hidden_layers)),
-        "uncertainty_fraction": cfg.uncertainty_fraction, "test_fraction": cfg.test_fraction,
+        "uncertainty_fraction": cfg.uncertainty_fraction,
+        "test_fraction": cfg.test_fraction,
         "path_loss_exponent": world.path_loss_exponent,
         "shadowing_sigma_db": world.shadowing_sigma_db,
         "receivers": ",".join(r.name for r in spec.receivers),
         "model_input": f"[batch,{spec.n_channels},{spec.n_mels},{spec.n_frames}]",
     }
-    log.info("demo model: median error %.0f m, 95%% coverage %.3f, %.1f s",
-             metrics["accuracy_meters"], metrics["ellipse_coverage_95"], metrics["train_seconds"])
-    return TrainedDemo(onnx_model=model, spec=spec, metrics=metrics, params=params,
-                       test_errors_m=errors)
+    log.info(
+        "demo model: median error %.0f m, 95%% coverage %.3f, %.1f s",
+        metrics["accuracy_meters"],
+        metrics["ellipse_coverage_95"],
+        metrics["train_seconds"],
+    )
+    return TrainedDemo(
+        onnx_model=model, spec=spec, metrics=metrics, params=params, test_errors_m=errors
+    )

@@ -17,8 +17,15 @@ from utils.config import Settings
 from utils.dsp.feature_spec import FeatureSpec
 
 # The suite must never touch a developer's own registry, cache or BentoML store.
-for _var in ("MLFLOW_TRACKING_URI", "MODEL_NAME", "MODEL_STAGE", "MODEL_ALIAS", "MODEL_VERSION",
-             "REDIS_URL", "BENTO_MODEL_TAG"):
+for _var in (
+    "MLFLOW_TRACKING_URI",
+    "MODEL_NAME",
+    "MODEL_STAGE",
+    "MODEL_ALIAS",
+    "MODEL_VERSION",
+    "REDIS_URL",
+    "BENTO_MODEL_TAG",
+):
     os.environ.pop(_var, None)
 
 _REPORT: list[str] = []

@@ -62,26 +62,37 @@ class Settings(BaseSettings):
     # --- batching and inference -----------------------------------------------------------
     batch_dispatch: Literal["greedy", "cork", "proxy"] = Field(
         default="greedy",
-        description="How /predict reaches the batched inference (utils/serving/batching.py): greedy "
-                    "(no memory of past load), cork (BentoML's dispatcher in the worker), "
-                    "proxy (BentoML's batchable API over its in-process HTTP client).")
+        description="How /predict reaches the batched inference (utils/serving/batching.py): "
+        "greedy "
+        "(no memory of past load), cork (BentoML's dispatcher in the worker), "
+        "proxy (BentoML's batchable API over its in-process HTTP client).",
+    )
     batch_max_size: int = Field(
-        default=8, gt=0,
+        default=8,
+        gt=0,
         description="Largest batch. This model's cost per sample rises past 8 (README, "
-                    "Batching: the in-process ceiling per batch size).")
+        "Batching: the in-process ceiling per batch size).",
+    )
     batch_max_latency_ms: int = Field(
-        default=20_000, gt=0,
+        default=20_000,
+        gt=0,
         description="cork/proxy only: BentoML's dispatcher answers 503 when a queued request "
-                    "cannot meet it.")
+        "cannot meet it.",
+    )
     batch_queue_delay_ms: float = Field(
-        default=0.0, ge=0.0,
+        default=0.0,
+        ge=0.0,
         description="greedy only: how long an item arriving at an idle batcher waits for "
-                    "company. 0 for a model whose per-sample cost does not fall with batch size "
-                    "(this one, on CPU); a few ms can pay on a GPU.")
+        "company. 0 for a model whose per-sample cost does not fall with batch size "
+        "(this one, on CPU); a few ms can pay on a GPU.",
+    )
     batch_wait_budget_share: float = Field(
-        default=0.5, gt=0.0, le=1.0,
+        default=0.5,
+        gt=0.0,
+        le=1.0,
         description="greedy only: a request whose expected queue wait exceeds this share of "
-                    "REQUEST_TIMEOUT_S is refused at once with 503 and Retry-After.")
+        "REQUEST_TIMEOUT_S is refused at once with 503 and Retry-After.",
+    )
     ort_intra_op_threads: int = Field(default=0, ge=0, description="0: cores per worker.")
     ort_inter_op_threads: int = Field(default=1, ge=0)
     ort_providers: Annotated[list[ExecutionProvider], NoDecode] = Field(
@@ -98,11 +109,20 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(default=100, gt=0)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_json_values: int = Field(
-        default=1_048_576, gt=0,
-        description="Most JSON numbers in one body (iq_data costs ~100 B of memory each).")
+        default=1_048_576,
+        gt=0,
+        description="Most JSON numbers in one body (iq_data costs ~100 B of memory each).",
+    )
 
-    @field_validator("model_stage", "model_alias", "model_version", "mlflow_tracking_uri",
-                     "redis_url", "bento_model_tag", mode="before")
+    @field_validator(
+        "model_stage",
+        "model_alias",
+        "model_version",
+        "mlflow_tracking_uri",
+        "redis_url",
+        "bento_model_tag",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         """An empty variable in a `.env` or a compose file means "not configured"."""

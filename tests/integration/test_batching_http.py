@@ -38,14 +38,19 @@ def metric(server: Server, sample: str) -> float:
 
 
 async def burst(url: str, bodies: list[dict], n: int) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=url, timeout=120,
-                                 limits=httpx.Limits(max_connections=n)) as client:
-        return list(await asyncio.gather(
-            *(client.post("/predict", json=bodies[i % len(bodies)]) for i in range(n))))
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, limits=httpx.Limits(max_connections=n)
+    ) as client:
+        return list(
+            await asyncio.gather(
+                *(client.post("/predict", json=bodies[i % len(bodies)]) for i in range(n))
+            )
+        )
 
 
 def test_after_a_burst_a_lone_request_is_dispatched_as_when_fresh(
-        server: Server, bodies: list[dict]) -> None:
+    server: Server, bodies: list[dict]
+) -> None:
     # Structural, not timed: an "idle" batch left the moment its one request arrived (no
     # deliberate wait, no queue ahead); CORK's hangover is a deliberate wait, which this excludes.
     idle = 'rfloc_batches_total{reason="idle"}'
@@ -57,11 +62,13 @@ def test_after_a_burst_a_lone_request_is_dispatched_as_when_fresh(
     # a burst: 64 concurrent requests queue behind running batches
     responses = asyncio.run(burst(server.url, bodies, 64))
     assert [r.status_code for r in responses] == [200] * 64
-    queued = metric(server, 'rfloc_batches_total{reason="queued"}') + \
-        metric(server, 'rfloc_batches_total{reason="full"}')
+    queued = metric(server, 'rfloc_batches_total{reason="queued"}') + metric(
+        server, 'rfloc_batches_total{reason="full"}'
+    )
     assert queued > 0, "the burst formed batches behind the one in flight"
-    assert metric(server, "rfloc_batch_size_bucket{le=\"1.0\"}") < \
-        metric(server, "rfloc_batch_size_count"), "some batches held more than one sample"
+    assert metric(server, 'rfloc_batch_size_bucket{le="1.0"}') < metric(
+        server, "rfloc_batch_size_count"
+    ), "some batches held more than one sample"
     # after the burst: the next lone request is again an idle batch with no queue wait
     after = (metric(server, idle), metric(server, alone))
     for body in bodies[:3]:
@@ -69,11 +76,15 @@ def test_after_a_burst_a_lone_request_is_dispatched_as_when_fresh(
     assert (metric(server, idle), metric(server, alone)) == (after[0] + 3, after[1] + 3)
 
 
-def test_overload_answers_503_with_retry_after(home: Path, tmp_path: Path,
-                                               bodies: list[dict]) -> None:
+def test_overload_answers_503_with_retry_after(
+    home: Path, tmp_path: Path, bodies: list[dict]
+) -> None:
     # a wait budget of 6 ms (0.0001 x 60 s): a burst of 48 cannot all fit
-    srv = start_server(home, tmp_path / "overload.log", env={
-        "SERVICE_WORKERS": "1", "BATCH_WAIT_BUDGET_SHARE": "0.0001"})
+    srv = start_server(
+        home,
+        tmp_path / "overload.log",
+        env={"SERVICE_WORKERS": "1", "BATCH_WAIT_BUDGET_SHARE": "0.0001"},
+    )
     try:
         asyncio.run(burst(srv.url, bodies, 8))  # measure a batch duration first
         responses = asyncio.run(burst(srv.url, bodies, 48))
@@ -83,7 +94,6 @@ def test_overload_answers_503_with_retry_after(home: Path, tmp_path: Path,
         assert int(refused.headers["retry-after"]) >= 1
         assert refused.json()["error"].startswith("overloaded: the batch queue is")
         assert refused.json()["field"] is None
-        assert metric(srv, "rfloc_overloaded_total") == sum(
-            r.status_code == 503 for r in responses)
+        assert metric(srv, "rfloc_overloaded_total") == sum(r.status_code == 503 for r in responses)
     finally:
         srv.stop()

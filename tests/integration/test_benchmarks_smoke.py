@@ -21,14 +21,38 @@ def test_compare_runs_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
     from benchmarks.compare import main as compare
 
     settings, _ = demo_registry
-    assert compare(["--concurrency", "1,2", "--per-client", "2", "--min-requests", "4",
-                    "--scenes", "2", "--ceiling-seconds", "0.2", "--workers", "1",
-                    "--tracking-uri", settings.tracking_uri, "--out", str(tmp_path)]) == 0
+    assert (
+        compare(
+            [
+                "--concurrency",
+                "1,2",
+                "--per-client",
+                "2",
+                "--min-requests",
+                "4",
+                "--scenes",
+                "2",
+                "--ceiling-seconds",
+                "0.2",
+                "--workers",
+                "1",
+                "--tracking-uri",
+                settings.tracking_uri,
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "compare.json").read_text())
     servers = {(r["server"], r["encoding"]) for r in data["rows"]}
-    for expected in (("this service (BentoML)", "iq_b64"), ("this service (BentoML)", "iq_data"),
-                     ("mlflow models serve", "iq_data"), ("per-request FastAPI", "iq_data"),
-                     ("in-process ceiling", "iq_b64")):
+    for expected in (
+        ("this service (BentoML)", "iq_b64"),
+        ("this service (BentoML)", "iq_data"),
+        ("mlflow models serve", "iq_data"),
+        ("per-request FastAPI", "iq_data"),
+        ("in-process ceiling", "iq_b64"),
+    ):
         assert expected in servers
     served = [r for r in data["rows"] if r["server"] != "in-process ceiling"]
     assert all(r["errors"] == 0 and r["requests"] >= 4 and r["peak_rss_mb"] > 0 for r in served)
@@ -49,11 +73,31 @@ def test_locustfile_runs_headless(demo_registry, tmp_path: Path) -> None:
     server = start_server(home, tmp_path / "serve.log", env={"SERVICE_WORKERS": "1"})
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", "4",
-             "-r", "4", "-t", "6s", "--host", server.url, "--csv", str(tmp_path / "locust"),
-             "--only-summary"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-            env={**os.environ, "LOCUST_SCENES": "4"})
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                "locustfile.py",
+                "--headless",
+                "-u",
+                "4",
+                "-r",
+                "4",
+                "-t",
+                "6s",
+                "--host",
+                server.url,
+                "--csv",
+                str(tmp_path / "locust"),
+                "--only-summary",
+            ],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "LOCUST_SCENES": "4"},
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         stats = (tmp_path / "locust_stats.csv").read_text().splitlines()
         header = stats[0].split(",")
@@ -72,13 +116,36 @@ def test_burst_runs_every_policy_at_tiny_scale(demo_registry, tmp_path: Path) ->
     from benchmarks.burst import main as burst
 
     settings, _ = demo_registry
-    assert burst(["--burst-seconds", "1", "--requests", "6", "--workers", "1", "--scenes", "2",
-                  "--tracking-uri", settings.tracking_uri, "--out", str(tmp_path)]) == 0
+    assert (
+        burst(
+            [
+                "--burst-seconds",
+                "1",
+                "--requests",
+                "6",
+                "--workers",
+                "1",
+                "--scenes",
+                "2",
+                "--tracking-uri",
+                settings.tracking_uri,
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "burst.json").read_text())
     phases = {(r["policy"], r["phase"], r["concurrency"]) for r in data["rows"]}
     for policy in ("greedy", "cork", "proxy"):
-        for phase, level in (("fresh", 1), ("fresh", 64), ("burst iq_b64", 64),
-                             ("burst iq_data", 16), ("after burst", 1), ("after burst", 32)):
+        for phase, level in (
+            ("fresh", 1),
+            ("fresh", 64),
+            ("burst iq_b64", 64),
+            ("burst iq_data", 16),
+            ("after burst", 1),
+            ("after burst", 32),
+        ):
             assert (policy, phase, level) in phases
     assert ("echo", "framework floor", 1) in phases
     assert data["compute_ms"] > 0
@@ -92,12 +159,30 @@ def test_steady_interleaves_policies_at_tiny_scale(demo_registry, tmp_path: Path
     from benchmarks.steady import main as steady
 
     settings, _ = demo_registry
-    assert steady(["--rounds", "2", "--requests", "8", "--burst-seconds", "1", "--workers", "1",
-                   "--tracking-uri", settings.tracking_uri, "--out", str(tmp_path)]) == 0
+    assert (
+        steady(
+            [
+                "--rounds",
+                "2",
+                "--requests",
+                "8",
+                "--burst-seconds",
+                "1",
+                "--workers",
+                "1",
+                "--tracking-uri",
+                settings.tracking_uri,
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "steady.json").read_text())
     seen = {(r["policy"], r["state"], r["concurrency"]) for r in data["rows"]}
-    assert seen == {(p, s, c) for p in ("greedy", "cork") for s in ("fresh", "after burst")
-                    for c in (32, 64)}
+    assert seen == {
+        (p, s, c) for p in ("greedy", "cork") for s in ("fresh", "after burst") for c in (32, 64)
+    }
     assert all(r["errors"] == 0 and r["statuses"] == {"200": 8} for r in data["rows"])
     cork = [s for s in data["summary"] if s["policy"] == "cork"]
     assert cork and all(s["rps_vs_cork"] == 1.0 for s in cork)

@@ -14,24 +14,41 @@ import pytest
 import yaml
 
 from tests.support.serving import import_demo_model, start_server
-from utils.config import PROJECT_ROOT
 from utils.api.decoding import encode_capture
+from utils.config import PROJECT_ROOT
 from utils.dsp.feature_spec import FeatureSpec
-from utils.model.runtime import ModelRuntime
 from utils.dsp.synthetic import generate_scenes
+from utils.model.runtime import ModelRuntime
 
-FORBIDDEN = ("mlflow", "scikit-learn", "sklearn", "torch", "locust", "pytest", "librosa",
-             "hypothesis", "onnx==", "geographiclib")
+FORBIDDEN = (
+    "mlflow",
+    "scikit-learn",
+    "sklearn",
+    "torch",
+    "locust",
+    "pytest",
+    "librosa",
+    "hypothesis",
+    "onnx==",
+    "geographiclib",
+)
 
 
-def test_bento_serves_from_its_own_requirements(demo_registry, tmp_path: Path,
-                                                report: list[str]) -> None:
+def test_bento_serves_from_its_own_requirements(
+    demo_registry, tmp_path: Path, report: list[str]
+) -> None:
     settings, _ = demo_registry
     home = tmp_path / "bentoml-home"
     model_tag = import_demo_model(home, settings.local_registry_dir)
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-    built = subprocess.run([sys.executable, "-m", "bentoml", "build", ".", "-o", "tag"],
-                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", ".", "-o", "tag"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr
     tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     name, version = tag.split(":")
@@ -51,31 +68,50 @@ def test_bento_serves_from_its_own_requirements(demo_registry, tmp_path: Path,
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
     installed = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "-r",
-         str(bento / "env" / "python" / "requirements.txt")],
-        capture_output=True, text=True, timeout=1200)
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-r",
+            str(bento / "env" / "python" / "requirements.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert installed.returncode == 0, installed.stderr[-2000:]
-    frozen = subprocess.run([python, "-m", "pip", "freeze"], capture_output=True, text=True,
-                            check=True).stdout.lower()
+    frozen = subprocess.run(
+        [python, "-m", "pip", "freeze"], capture_output=True, text=True, check=True
+    ).stdout.lower()
     for package in ("mlflow", "scikit-learn", "torch", "locust", "pytest", "librosa"):
         assert f"\n{package}==" not in "\n" + frozen, package
     report.append(f"bento {tag}: {len(frozen.splitlines())} packages in its serving venv")
 
     outside = tmp_path / "elsewhere"  # nothing of the project is importable from here
     outside.mkdir()
-    server = start_server(home, tmp_path / "bento.log", target=tag, cwd=outside,
-                          python=python, env={"SERVICE_WORKERS": "1", "PYTHONPATH": ""})
+    server = start_server(
+        home,
+        tmp_path / "bento.log",
+        target=tag,
+        cwd=outside,
+        python=python,
+        env={"SERVICE_WORKERS": "1", "PYTHONPATH": ""},
+    )
     try:
         spec = FeatureSpec.model_validate(
-            httpx.get(f"{server.url}/model/info", timeout=10).json()["feature_spec"])
+            httpx.get(f"{server.url}/model/info", timeout=10).json()["feature_spec"]
+        )
         capture = generate_scenes(1, seed=606, spec=spec).iq[0]
         body = {"iq_b64": encode_capture(capture)}
         got = httpx.post(f"{server.url}/predict", json=body, timeout=60)
         assert got.status_code == 200, got.text
         stored = home / "models" / model_tag.split(":")[0] / model_tag.split(":")[1]
         meta = yaml.safe_load((stored / "model.yaml").read_text())["metadata"]
-        runtime = ModelRuntime(stored, meta, intra_threads=1, inter_threads=1,
-                               providers=["CPUExecutionProvider"])
+        runtime = ModelRuntime(
+            stored, meta, intra_threads=1, inter_threads=1, providers=["CPUExecutionProvider"]
+        )
         want = runtime.predict([capture])
         position = got.json()["position"]
         assert position["latitude"] == pytest.approx(float(want.positions[0, 0]), abs=1e-4)

@@ -36,10 +36,12 @@ def test_registry_state_after_bootstrap(demo_registry, report: list[str]) -> Non
     assert 0.90 <= metrics["ellipse_coverage_95"] <= 0.98
     assert metrics["training_samples"] >= 5000
     assert metrics["train_seconds"] < 180
-    report.append(f"bootstrap: trained in {metrics['train_seconds']:.0f} s on "
-                  f"{metrics['training_samples']:.0f} scenes, run median error "
-                  f"{metrics['accuracy_meters'] / 1000:.1f} km, 95% coverage "
-                  f"{metrics['ellipse_coverage_95']:.3f}")
+    report.append(
+        f"bootstrap: trained in {metrics['train_seconds']:.0f} s on "
+        f"{metrics['training_samples']:.0f} scenes, run median error "
+        f"{metrics['accuracy_meters'] / 1000:.1f} km, 95% coverage "
+        f"{metrics['ellipse_coverage_95']:.3f}"
+    )
 
     folder = download_registered_model(settings, alias="production")
     files = {p.name for p in folder.iterdir()}
@@ -60,9 +62,14 @@ def test_second_bootstrap_changes_nothing(demo_registry) -> None:
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "demo.bootstrap", *args], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "demo.bootstrap", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_force_registers_and_promotes_a_new_version(tmp_path: Path) -> None:
@@ -89,8 +96,10 @@ def test_cli_force_registers_and_promotes_a_new_version(tmp_path: Path) -> None:
 
 def test_main_command_leaves_a_configured_registry_alone(tmp_path: Path) -> None:
     registry = tmp_path / "untouched"
-    done = _cli("--only-embedded", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
-                                        "LOCAL_REGISTRY_DIR": str(registry)})
+    done = _cli(
+        "--only-embedded",
+        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "LOCAL_REGISTRY_DIR": str(registry)},
+    )
     assert done.returncode == 0, done.stderr
     assert "no demo model bootstrapped" in done.stdout
     assert not registry.exists()

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import redis
 
-from tests.support.registry import make_settings
 from tests.support.model_factory import register_onnx_model, toy_model
+from tests.support.registry import make_settings
 from tests.support.serving import Server, free_port, import_demo_model, start_server
-from utils.serving.cache import LRUCache, RedisCache, cache_key, decode_value, encode_value
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes
+from utils.serving.cache import LRUCache, RedisCache, cache_key, decode_value, encode_value
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 TIMING_FIELDS = ("inference_time_ms", "timestamp", "cache_hit")
@@ -50,6 +50,7 @@ def metric(server: Server, name: str, labels: str = "") -> float:
 
 # --- framework-free -------------------------------------------------------------------------
 
+
 def test_keys_change_with_model_options_and_samples() -> None:
     base = cache_key("p", "a" * 64, b"samples", 0.95, False)
     assert base.startswith("p:aaaaaaaaaaaa:")
@@ -61,8 +62,15 @@ def test_keys_change_with_model_options_and_samples() -> None:
 
 
 def test_values_drop_per_request_fields() -> None:
-    response = {"position": {"latitude": 1.0}, "ellipse": {}, "inference_time_ms": 3.0,
-                "timestamp": "t", "cache_hit": False, "session_id": "s", "model_version": "1"}
+    response = {
+        "position": {"latitude": 1.0},
+        "ellipse": {},
+        "inference_time_ms": 3.0,
+        "timestamp": "t",
+        "cache_hit": False,
+        "session_id": "s",
+        "model_version": "1",
+    }
     value = decode_value(encode_value(response))
     assert value == {"position": {"latitude": 1.0}, "ellipse": {}, "model_version": "1"}
     for garbage in (b"not json", b"[1, 2]", b'{"a": 1}'):
@@ -118,6 +126,7 @@ def test_unreachable_redis_fails_open_fast() -> None:
 
 # --- through the service ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def prefix() -> Iterator[str]:
     value = f"test-{uuid.uuid4().hex[:8]}"
@@ -129,9 +138,16 @@ def prefix() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def cached_server(home: Path, prefix: str) -> Iterator[Server]:
-    server = start_server(home, home / "cached.log", env={
-        "REDIS_URL": SHARED_REDIS, "CACHE_KEY_PREFIX": prefix, "CACHE_TTL_SECONDS": "120",
-        "SERVICE_WORKERS": "2"})
+    server = start_server(
+        home,
+        home / "cached.log",
+        env={
+            "REDIS_URL": SHARED_REDIS,
+            "CACHE_KEY_PREFIX": prefix,
+            "CACHE_TTL_SECONDS": "120",
+            "SERVICE_WORKERS": "2",
+        },
+    )
     yield server
     server.stop()
 
@@ -165,21 +181,32 @@ def test_bypass_and_batch_hits(cached_server: Server, prefix: str) -> None:
     assert len(list(client.scan_iter(f"{prefix}:*"))) == before  # nothing written
     assert metric(cached_server, "rfloc_cache_bypass_total") == bypass0 + 1
     post(cached_server, body_of(captures[1]))  # cache one of the three
-    batch = post(cached_server, {"iq_b64_samples": [body_of(c)["iq_b64"] for c in captures]},
-                 path="/predict_batch").json()
+    batch = post(
+        cached_server,
+        {"iq_b64_samples": [body_of(c)["iq_b64"] for c in captures]},
+        path="/predict_batch",
+    ).json()
     assert [p["cache_hit"] for p in batch["predictions"]] == [False, True, False]
-    again = post(cached_server, {"iq_b64_samples": [body_of(c)["iq_b64"] for c in captures]},
-                 path="/predict_batch").json()
+    again = post(
+        cached_server,
+        {"iq_b64_samples": [body_of(c)["iq_b64"] for c in captures]},
+        path="/predict_batch",
+    ).json()
     assert [p["cache_hit"] for p in again["predictions"]] == [True, True, True]
-    assert [p["position"] for p in again["predictions"]] == \
-        [p["position"] for p in batch["predictions"]]
-    off = post(cached_server, {"iq_b64_samples": [body_of(c)["iq_b64"] for c in captures],
-                               "cache_enabled": False}, path="/predict_batch").json()
+    assert [p["position"] for p in again["predictions"]] == [
+        p["position"] for p in batch["predictions"]
+    ]
+    off = post(
+        cached_server,
+        {"iq_b64_samples": [body_of(c)["iq_b64"] for c in captures], "cache_enabled": False},
+        path="/predict_batch",
+    ).json()
     assert [p["cache_hit"] for p in off["predictions"]] == [False, False, False]
 
 
-def test_a_new_model_never_gets_old_answers(cached_server: Server, home: Path, prefix: str,
-                                            tmp_path: Path) -> None:
+def test_a_new_model_never_gets_old_answers(
+    cached_server: Server, home: Path, prefix: str, tmp_path: Path
+) -> None:
     capture = generate_scenes(1, seed=903, spec=FeatureSpec()).iq[0]
     post(cached_server, body_of(capture))
     assert post(cached_server, body_of(capture)).json()["cache_hit"] is True
@@ -189,22 +216,35 @@ def test_a_new_model_never_gets_old_answers(cached_server: Server, home: Path, p
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    register_onnx_model(client, str(client.create_experiment(
-        "toy", artifact_location=(tmp_path / "art").as_uri())), "localization_model",
-        toy_model(), FeatureSpec(), alias=None)
+    register_onnx_model(
+        client,
+        str(client.create_experiment("toy", artifact_location=(tmp_path / "art").as_uri())),
+        "localization_model",
+        toy_model(),
+        FeatureSpec(),
+        alias=None,
+    )
     # its own BENTOML_HOME: servers sharing one also share (and reset) the Prometheus
     # multiprocess folder, which would blank the first server's metrics
     other_home = tmp_path / "home2"
     shutil.copytree(home / "models", other_home / "models")
     tag = import_demo_model(other_home, settings.local_registry_dir)
-    other = start_server(other_home, tmp_path / "other.log", env={
-        "REDIS_URL": SHARED_REDIS, "CACHE_KEY_PREFIX": prefix, "BENTO_MODEL_TAG": tag,
-        "SERVICE_WORKERS": "1"})
+    other = start_server(
+        other_home,
+        tmp_path / "other.log",
+        env={
+            "REDIS_URL": SHARED_REDIS,
+            "CACHE_KEY_PREFIX": prefix,
+            "BENTO_MODEL_TAG": tag,
+            "SERVICE_WORKERS": "1",
+        },
+    )
     try:
         answer = post(other, body_of(capture)).json()
         assert answer["cache_hit"] is False
-        assert answer["model_version"] != post(cached_server, body_of(capture)).json()[
-            "model_version"]
+        assert (
+            answer["model_version"] != post(cached_server, body_of(capture)).json()["model_version"]
+        )
         assert post(other, body_of(capture)).json()["cache_hit"] is True
     finally:
         other.stop()
@@ -223,17 +263,26 @@ def test_custom_metrics_with_two_workers(cached_server: Server) -> None:
         after = metric(cached_server, "rfloc_predictions_total", 'endpoint="predict"')
         assert after == before + 48
         text = httpx.get(f"{cached_server.url}/metrics", timeout=10).text
-        workers = {line.split('pid="')[1].split('"')[0] for line in text.splitlines()
-                   if line.startswith("rfloc_worker_predictions{") and
-                   float(line.rsplit(" ", 1)[1]) > 0}
+        workers = {
+            line.split('pid="')[1].split('"')[0]
+            for line in text.splitlines()
+            if line.startswith("rfloc_worker_predictions{") and float(line.rsplit(" ", 1)[1]) > 0
+        }
         if len(workers) == 2:
             break
     assert len(workers) == 2
-    for name in ("rfloc_cache_hits_total", "rfloc_cache_misses_total", "rfloc_cache_bypass_total",
-                 "rfloc_model_inferences_total", 'rfloc_stage_seconds_count{stage="decode"}',
-                 'rfloc_stage_seconds_count{stage="preprocess"}',
-                 'rfloc_stage_seconds_count{stage="model"}', "rfloc_model_info{",
-                 "rfloc_request_seconds_bucket", 'rfloc_errors_total{type="invalid_input"}'):
+    for name in (
+        "rfloc_cache_hits_total",
+        "rfloc_cache_misses_total",
+        "rfloc_cache_bypass_total",
+        "rfloc_model_inferences_total",
+        'rfloc_stage_seconds_count{stage="decode"}',
+        'rfloc_stage_seconds_count{stage="preprocess"}',
+        'rfloc_stage_seconds_count{stage="model"}',
+        "rfloc_model_info{",
+        "rfloc_request_seconds_bucket",
+        'rfloc_errors_total{type="invalid_input"}',
+    ):
         assert name in text, name
     assert 'sha256="' in text and 'version="1"' in text
     info = httpx.get(f"{cached_server.url}/model/info", timeout=10).json()
@@ -246,6 +295,7 @@ def test_custom_metrics_with_two_workers(cached_server: Server) -> None:
 
 # --- a private Redis we can kill -------------------------------------------------------------
 
+
 class PrivateRedis:
     def __init__(self, port: int, workdir: Path) -> None:
         self.port, self.workdir = port, workdir
@@ -253,9 +303,22 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind",
-             "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         client = redis.Redis(port=self.port, socket_timeout=0.5)
         for _ in range(100):
             try:
@@ -279,14 +342,22 @@ def test_redis_killed_mid_test_fails_open(home: Path, tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:  # CI has it: a silent skip would hide this path
         if os.environ.get("RFLOC_ALLOW_SKIP_REDIS") == "1":
             pytest.skip("no redis-server binary (RFLOC_ALLOW_SKIP_REDIS=1)")
-        pytest.fail("this test starts and kills a private redis-server: install it (Debian: "
-                    "redis-server) or set RFLOC_ALLOW_SKIP_REDIS=1 to skip it knowingly")
+        pytest.fail(
+            "this test starts and kills a private redis-server: install it (Debian: "
+            "redis-server) or set RFLOC_ALLOW_SKIP_REDIS=1 to skip it knowingly"
+        )
     port = free_port()
     private = PrivateRedis(port, tmp_path)
     private.start()
-    server = start_server(home, tmp_path / "failopen.log", env={
-        "REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_TIMEOUT_MS": "100",
-        "SERVICE_WORKERS": "1"})
+    server = start_server(
+        home,
+        tmp_path / "failopen.log",
+        env={
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "REDIS_TIMEOUT_MS": "100",
+            "SERVICE_WORKERS": "1",
+        },
+    )
     capture = generate_scenes(1, seed=905, spec=FeatureSpec()).iq[0]
     try:
         assert post(server, body_of(capture)).json()["cache_hit"] is False
@@ -326,4 +397,3 @@ def test_redis_killed_mid_test_fails_open(home: Path, tmp_path: Path) -> None:
     finally:
         server.stop()
         private.kill()
-

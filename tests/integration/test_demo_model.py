@@ -1,4 +1,5 @@
-"""The demo model as registered: a valid ONNX contract (docs/api.md §8) that really localizes (§8.3)."""
+"""The demo model as registered: a valid ONNX contract (docs/api.md §8) that really localizes
+(§8.3)."""
 
 from __future__ import annotations
 
@@ -45,8 +46,10 @@ def test_onnx_contract(model_dir: Path, served_spec: FeatureSpec) -> None:
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert dims[0].dim_param and not dims[0].HasField("dim_value"), "batch axis must be dynamic"
     assert [d.dim_value for d in dims[1:]] == [5, 128, 32] == list(served_spec.input_shape)
-    outputs = {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim]
-               for o in model.graph.output}
+    outputs = {
+        o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim]
+        for o in model.graph.output
+    }
     assert outputs == {"positions": ["batch", 2], "uncertainties": ["batch", 3]}
 
 
@@ -55,7 +58,7 @@ def test_batch_1_and_17_agree(session: ort.InferenceSession, served_spec: Featur
     pos17, unc17 = session.run(None, {"mel_spectrogram": mel})
     assert pos17.shape == (17, 2) and unc17.shape == (17, 3)
     for i in range(17):
-        pos1, unc1 = session.run(None, {"mel_spectrogram": mel[i: i + 1]})
+        pos1, unc1 = session.run(None, {"mel_spectrogram": mel[i : i + 1]})
         np.testing.assert_allclose(pos1[0], pos17[i], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(unc1[0], unc17[i], rtol=1e-4, atol=1e-6)
     assert np.isfinite(pos17).all() and (unc17[:, :2] > 0).all()
@@ -65,8 +68,9 @@ def test_batch_1_and_17_agree(session: ort.InferenceSession, served_spec: Featur
 def test_feature_graph_computes_receiver_powers(served_spec: FeatureSpec) -> None:
     """The in-graph features equal a plain numpy reading of the log-mel input."""
     mel = preprocess(generate_scenes(6, seed=5, spec=served_spec).iq, served_spec)
-    sess = ort.InferenceSession(feature_model(served_spec).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        feature_model(served_spec).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     (got,) = sess.run(None, {"mel_spectrogram": mel})
     db = mel.astype(np.float64) * served_spec.norm_std_db + served_spec.norm_mean_db
     bands = (10 ** (db / 10)).mean(axis=3)
@@ -76,11 +80,13 @@ def test_feature_graph_computes_receiver_powers(served_spec: FeatureSpec) -> Non
     np.testing.assert_allclose(got, want, atol=2e-3)
 
 
-def test_really_localizes_on_held_out_scenes(session: ort.InferenceSession,
-                                             served_spec: FeatureSpec, report: list[str]) -> None:
+def test_really_localizes_on_held_out_scenes(
+    session: ort.InferenceSession, served_spec: FeatureSpec, report: list[str]
+) -> None:
     scenes = generate_scenes(1500, seed=HELD_OUT_SEED, spec=served_spec)
     positions, uncertainties = session.run(
-        None, {"mel_spectrogram": preprocess(scenes.iq, served_spec)})
+        None, {"mel_spectrogram": preprocess(scenes.iq, served_spec)}
+    )
     truth = np.stack([scenes.tx_latitude, scenes.tx_longitude], axis=1)
     errors = geodesic_errors_m(positions, truth)
     cfg = SceneConfig()

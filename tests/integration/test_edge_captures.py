@@ -26,8 +26,8 @@ from tests.support.model_factory import register_onnx_model, toy_model
 from tests.support.serving import Server, import_demo_model, start_server
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec
-from utils.model.quality import max_amplitude
 from utils.dsp.synthetic import generate_scenes
+from utils.model.quality import max_amplitude
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -43,15 +43,17 @@ def server(home: Path) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def spec(server: Server) -> FeatureSpec:
     return FeatureSpec.model_validate(
-        httpx.get(f"{server.url}/model/info", timeout=10).json()["feature_spec"])
+        httpx.get(f"{server.url}/model/info", timeout=10).json()["feature_spec"]
+    )
 
 
 def post(server: Server, path: str, body: dict, timeout: float = 60) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", json=body, timeout=timeout)
 
 
-def capture_of(kind: str, amplitude: float, silent: list[bool], samples: int,
-               spec: FeatureSpec, seed: int = 0) -> np.ndarray:
+def capture_of(
+    kind: str, amplitude: float, silent: list[bool], samples: int, spec: FeatureSpec, seed: int = 0
+) -> np.ndarray:
     """A `[C, samples]` complex64 capture of `kind`, scaled to peak `amplitude`."""
     rng = np.random.default_rng(seed)
     shape = (spec.n_channels, samples)
@@ -102,16 +104,33 @@ levels = st.sampled_from([1e-300, 1e-6, 0.3935, 0.95, 0.999_999])
 
 
 @settings(max_examples=45, deadline=None, suppress_health_check=list(HealthCheck))
-@given(kind=kinds, exponent=exponents, silent=st.lists(st.booleans(), min_size=5, max_size=5),
-       samples=st.sampled_from([512, 3000, 8448]), geojson=st.booleans(), level=levels,
-       seed=st.integers(0, 50))
+@given(
+    kind=kinds,
+    exponent=exponents,
+    silent=st.lists(st.booleans(), min_size=5, max_size=5),
+    samples=st.sampled_from([512, 3000, 8448]),
+    geojson=st.booleans(),
+    level=levels,
+    seed=st.integers(0, 50),
+)
 def test_no_valid_capture_gets_a_5xx_or_invented_certainty(
-        server: Server, spec: FeatureSpec, kind: str, exponent: float, silent: list[bool],
-        samples: int, geojson: bool, level: float, seed: int) -> None:
-    amplitude = min(10.0 ** exponent, FLOAT32_MAX)
+    server: Server,
+    spec: FeatureSpec,
+    kind: str,
+    exponent: float,
+    silent: list[bool],
+    samples: int,
+    geojson: bool,
+    level: float,
+    seed: int,
+) -> None:
+    amplitude = min(10.0**exponent, FLOAT32_MAX)
     capture = capture_of(kind, amplitude, silent, samples, spec, seed)
-    body = {"iq_b64": encode_capture(capture), "include_geojson": geojson,
-            "confidence_level": level}
+    body = {
+        "iq_b64": encode_capture(capture),
+        "include_geojson": geojson,
+        "confidence_level": level,
+    }
     response = post(server, "/predict", body)
     peak = float(np.abs(capture.view(np.float32)).max())
     if peak > max_amplitude(spec):
@@ -130,7 +149,8 @@ def test_no_valid_capture_gets_a_5xx_or_invented_certainty(
 
 
 def test_edge_captures_in_one_batch_do_not_fail_their_neighbours(
-        server: Server, spec: FeatureSpec) -> None:
+    server: Server, spec: FeatureSpec
+) -> None:
     scene = generate_scenes(1, seed=11, spec=spec).iq[0]
     noise = capture_of("noise", 1.0, [False] * 5, spec.samples_per_capture, spec)
     edge = {
@@ -142,8 +162,11 @@ def test_edge_captures_in_one_batch_do_not_fail_their_neighbours(
         "dc": np.full_like(scene, 0.01),
     }
     samples = [*edge.values(), scene]
-    body = {"iq_b64_samples": [encode_capture(c) for c in samples], "include_geojson": True,
-            "cache_enabled": False}
+    body = {
+        "iq_b64_samples": [encode_capture(c) for c in samples],
+        "include_geojson": True,
+        "cache_enabled": False,
+    }
     response = post(server, "/predict_batch", body)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
@@ -156,8 +179,9 @@ def test_edge_captures_in_one_batch_do_not_fail_their_neighbours(
     assert "above the" in " ".join(verdicts["loud noise"]["warnings"])
     assert predictions[-1]["quality"] == "fix" and predictions[-1]["warnings"] == []
     assert predictions[-1]["ellipse"]["geojson"]["geometry"]["type"] == "Polygon"
-    single = post(server, "/predict", {"iq_b64": encode_capture(scene),
-                                       "cache_enabled": False}).json()
+    single = post(
+        server, "/predict", {"iq_b64": encode_capture(scene), "cache_enabled": False}
+    ).json()
     assert single["position"] == pytest.approx(predictions[-1]["position"], rel=1e-5)
 
 
@@ -188,17 +212,29 @@ def test_overflowing_floats_are_refused_naming_the_field(server: Server) -> None
     assert batch.status_code == 400 and batch.json()["field"] == "iq_b64_samples[0]"
 
 
-@pytest.mark.parametrize("order", [("multipart/form-data; boundary=x", "application/json"),
-                                   ("application/json", "multipart/form-data; boundary=x")])
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("multipart/form-data; boundary=x", "application/json"),
+        ("application/json", "multipart/form-data; boundary=x"),
+    ],
+)
 @pytest.mark.parametrize("path", ["/ellipse", "/predict", "/model/info"])
-def test_a_doubled_content_type_is_refused_either_way(server: Server, order: tuple[str, str],
-                                                      path: str) -> None:
+def test_a_doubled_content_type_is_refused_either_way(
+    server: Server, order: tuple[str, str], path: str
+) -> None:
     body = b'{"latitude": 45.0, "longitude": 7.0, "sigma_x": 10.0, "sigma_y": 10.0}'
-    response = httpx.post(f"{server.url}{path}", content=body, timeout=30,
-                          headers=[("content-type", order[0]), ("content-type", order[1])])
+    response = httpx.post(
+        f"{server.url}{path}",
+        content=body,
+        timeout=30,
+        headers=[("content-type", order[0]), ("content-type", order[1])],
+    )
     assert response.status_code == 400, response.text
-    assert response.json() == {"error": "Content-Type: sent 2 times; send the header once "
-                                        "(application/json)", "field": None}
+    assert response.json() == {
+        "error": "Content-Type: sent 2 times; send the header once (application/json)",
+        "field": None,
+    }
 
 
 def test_ellipse_accepts_its_documented_range_and_names_the_field(server: Server) -> None:
@@ -226,8 +262,10 @@ def test_readme_python_example_runs_as_printed(server: Server) -> None:
     example = next(b for b in blocks if "SyncHTTPClient" in b)
     printed: list[str] = []
     code = example.replace("http://localhost:3000", server.url)
-    exec(compile(code, "README.md", "exec"), {"print": lambda *a: printed.append(
-        " ".join(map(str, a)))})  # noqa: S102 - the README's own example
+    exec(
+        compile(code, "README.md", "exec"),
+        {"print": lambda *a: printed.append(" ".join(map(str, a)))},
+    )  # noqa: S102 - the README's own example
     assert len(printed) == 4, printed
     assert printed[1].startswith("fix {'latitude': "), printed
     assert printed[2].startswith("no fix: no signal above the noise floor on 5 of 5"), printed
@@ -235,7 +273,8 @@ def test_readme_python_example_runs_as_printed(server: Server) -> None:
 
 
 def test_a_model_with_non_finite_outputs_is_a_5xx_naming_it_and_spares_neighbours(
-        home: Path, tmp_path: Path) -> None:
+    home: Path, tmp_path: Path
+) -> None:
     """A broken model (NaN sigmas on silence) answers 500 with its tag, logged; a good sample
     sharing the dispatcher batch still gets its answer."""
     import asyncio
@@ -248,14 +287,20 @@ def test_a_model_with_non_finite_outputs_is_a_5xx_naming_it_and_spares_neighbour
     settings = make_settings(tmp_path / "registry")
     settings.local_registry_dir.mkdir()
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    register_onnx_model(client, str(client.create_experiment(
-        "broken", artifact_location=(tmp_path / "art").as_uri())), "localization_model",
-        toy_model(nan_below_level=-170.0), FeatureSpec(), alias=None)
+    register_onnx_model(
+        client,
+        str(client.create_experiment("broken", artifact_location=(tmp_path / "art").as_uri())),
+        "localization_model",
+        toy_model(nan_below_level=-170.0),
+        FeatureSpec(),
+        alias=None,
+    )
     broken_home = tmp_path / "home"
     shutil.copytree(home / "models", broken_home / "models")
     tag = import_demo_model(broken_home, settings.local_registry_dir)
-    srv = start_server(broken_home, tmp_path / "broken.log",
-                       env={"BENTO_MODEL_TAG": tag, "SERVICE_WORKERS": "1"})
+    srv = start_server(
+        broken_home, tmp_path / "broken.log", env={"BENTO_MODEL_TAG": tag, "SERVICE_WORKERS": "1"}
+    )
     try:
         spec = FeatureSpec()
         scene = generate_scenes(1, seed=5, spec=spec).iq[0]
@@ -264,9 +309,14 @@ def test_a_model_with_non_finite_outputs_is_a_5xx_naming_it_and_spares_neighbour
 
         async def together() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as http:
-                return list(await asyncio.gather(
-                    *(http.post("/predict", json=silence if i % 4 == 0 else good)
-                      for i in range(16))))
+                return list(
+                    await asyncio.gather(
+                        *(
+                            http.post("/predict", json=silence if i % 4 == 0 else good)
+                            for i in range(16)
+                        )
+                    )
+                )
 
         responses = asyncio.run(together())
         for i, response in enumerate(responses):
@@ -276,8 +326,11 @@ def test_a_model_with_non_finite_outputs_is_a_5xx_naming_it_and_spares_neighbour
                 assert tag in error and "non-finite uncertainties" in error
             else:
                 assert response.status_code == 200, response.text
-        batch = httpx.post(f"{srv.url}/predict_batch", timeout=60, json={
-            "iq_b64_samples": [good["iq_b64"], silence["iq_b64"]], "cache_enabled": False})
+        batch = httpx.post(
+            f"{srv.url}/predict_batch",
+            timeout=60,
+            json={"iq_b64_samples": [good["iq_b64"], silence["iq_b64"]], "cache_enabled": False},
+        )
         assert batch.status_code == 500 and "iq_b64_samples[1]" in batch.json()["error"]
         metrics = httpx.get(f"{srv.url}/metrics", timeout=10).text
         assert re.search(r'rfloc_errors_total\{type="model_output"\} 5\.0', metrics), metrics

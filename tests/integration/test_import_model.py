@@ -23,8 +23,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from demo.bootstrap import bootstrap
-from tests.support.registry import make_settings
 from tests.support.model_factory import experiment, register_files, register_onnx_model, toy_model
+from tests.support.registry import make_settings
 from tests.support.serving import free_port
 from utils.config import PROJECT_ROOT
 from utils.dsp.feature_spec import FeatureSpec
@@ -37,10 +37,26 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     import urllib.request
@@ -70,8 +86,7 @@ class ServerRegistry:
 
 
 @pytest.fixture(scope="session")
-def server_registry(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
-                    ) -> ServerRegistry:
+def server_registry(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> ServerRegistry:
     """The demo model (small training run) plus deliberately broken models, on the server."""
     settings = make_settings(tmp_path_factory.mktemp("unused-local"))
     bootstrap(settings, tracking_uri=mlflow_server, n_scenes=1500)
@@ -79,17 +94,26 @@ def server_registry(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
     exp = experiment(client)
     spec = FeatureSpec()
     register_onnx_model(client, exp, "no_spec_model", toy_model(), None, alias=None)
-    register_onnx_model(client, exp, "wrong_input_model", toy_model(input_name="spectrogram"),
-                        spec, alias=None)
-    register_onnx_model(client, exp, "wrong_width_model", toy_model(uncertainty_width=4), spec,
-                        alias=None)
-    register_files(client, "corrupt_model", {"model.onnx": b"\x08\x07garbage-not-onnx" * 50,
-                                             "feature_spec.json": spec.to_json().encode()})
+    register_onnx_model(
+        client, exp, "wrong_input_model", toy_model(input_name="spectrogram"), spec, alias=None
+    )
+    register_onnx_model(
+        client, exp, "wrong_width_model", toy_model(uncertainty_width=4), spec, alias=None
+    )
+    register_files(
+        client,
+        "corrupt_model",
+        {
+            "model.onnx": b"\x08\x07garbage-not-onnx" * 50,
+            "feature_spec.json": spec.to_json().encode(),
+        },
+    )
     # the demo model (weights as external data) re-registered without its weights file:
     # only a whole-folder copy works, and a missing file must be caught at import
     mv = client.get_model_version_by_alias("localization_model", "production")
-    artifacts = Path(client.download_artifacts(mv.run_id, "model", str(
-        tmp_path_factory.mktemp("weights"))))
+    artifacts = Path(
+        client.download_artifacts(mv.run_id, "model", str(tmp_path_factory.mktemp("weights")))
+    )
     files = {p.name: p.read_bytes() for p in artifacts.iterdir() if not p.name.endswith(".data")}
     assert any(p.name.endswith(".data") for p in artifacts.iterdir())
     register_files(client, "missing_weights_model", files)
@@ -111,10 +135,17 @@ class Run:
 def run_import(home: Path, *args: str, env: dict[str, str] | None = None) -> Run:
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "import_model.py", *args], cwd=PROJECT_ROOT, capture_output=True,
-        text=True, timeout=300,
-        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True",
-             **(env or {})},
+        [sys.executable, "import_model.py", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "BENTOML_HOME": str(home),
+            "BENTOML_DO_NOT_TRACK": "True",
+            **(env or {}),
+        },
     )
     return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
@@ -133,11 +164,24 @@ def stored(home: Path, tag: str) -> tuple[Path, dict]:
 
 
 def test_help_lists_the_options() -> None:
-    done = subprocess.run([sys.executable, "import_model.py", "--help"], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "import_model.py", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0
-    for option in ("--tracking-uri", "--name", "--stage", "--alias", "--version", "--force",
-                   "--json", "Exit codes"):
+    for option in (
+        "--tracking-uri",
+        "--name",
+        "--stage",
+        "--alias",
+        "--version",
+        "--force",
+        "--json",
+        "Exit codes",
+    ):
         assert option in done.stdout
 
 
@@ -163,14 +207,16 @@ def test_stage_path_from_a_real_server(server_registry: ServerRegistry, tmp_path
 
 
 def test_alias_and_version_paths(server_registry: ServerRegistry, tmp_path: Path) -> None:
-    by_alias = run_import(tmp_path, "--tracking-uri", server_registry.uri, "--alias",
-                          "production", "--json")
+    by_alias = run_import(
+        tmp_path, "--tracking-uri", server_registry.uri, "--alias", "production", "--json"
+    )
     assert by_alias.code == 0, by_alias.stderr
     _, info = stored(tmp_path, by_alias.stdout.split('"tag": "')[1].split('"')[0])
     assert info["labels"]["mlflow_alias"] == "production"
     assert info["metadata"]["source_model_uri"] == "models:/localization_model@production"
-    by_version = run_import(tmp_path, "--tracking-uri", server_registry.uri, "--version", "1",
-                            "--force")
+    by_version = run_import(
+        tmp_path, "--tracking-uri", server_registry.uri, "--version", "1", "--force"
+    )
     assert by_version.code == 0, by_version.stderr
     _, info = stored(tmp_path, by_version.tag)
     assert info["metadata"]["source_model_uri"] == "models:/localization_model/1"
@@ -201,7 +247,8 @@ def test_idempotent_and_force(server_registry: ServerRegistry, tmp_path: Path) -
 
 
 def test_model_without_feature_spec_gets_defaults_and_a_warning(
-        server_registry: ServerRegistry, tmp_path: Path) -> None:
+    server_registry: ServerRegistry, tmp_path: Path
+) -> None:
     run = run_import(tmp_path, "--tracking-uri", server_registry.uri, "--name", "no_spec_model")
     assert run.code == 0, run.stderr
     assert "no feature_spec.json" in run.stderr
@@ -217,17 +264,23 @@ def test_model_without_feature_spec_gets_defaults_and_a_warning(
         (("--stage", "Staging"), 4, "no version in stage 'Staging'"),
         (("--alias", "champion"), 4, "no alias 'champion'"),
         (("--version", "42"), 4, "no version '42'"),
-        (("--name", "wrong_input_model"), 5, "input: expected exactly one input "
-                                             "'mel_spectrogram', got 'spectrogram'"),
-        (("--name", "wrong_width_model"), 5, "output 'uncertainties': expected [batch, 2] or "
-                                             "[batch, 3], got ['batch', 4]"),
+        (
+            ("--name", "wrong_input_model"),
+            5,
+            "input: expected exactly one input 'mel_spectrogram', got 'spectrogram'",
+        ),
+        (
+            ("--name", "wrong_width_model"),
+            5,
+            "output 'uncertainties': expected [batch, 2] or [batch, 3], got ['batch', 4]",
+        ),
         (("--name", "corrupt_model"), 6, "onnx.checker rejects model.onnx"),
         (("--name", "missing_weights_model"), 6, "corrupt or unreadable model"),
     ],
 )
-def test_failures_leave_the_store_unchanged(server_registry: ServerRegistry, tmp_path: Path,
-                                            args: tuple[str, ...], code: int,
-                                            message: str) -> None:
+def test_failures_leave_the_store_unchanged(
+    server_registry: ServerRegistry, tmp_path: Path, args: tuple[str, ...], code: int, message: str
+) -> None:
     seeded = run_import(tmp_path, "--tracking-uri", server_registry.uri)
     assert seeded.code == 0
     before = store_listing(tmp_path)
@@ -258,8 +311,9 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert run.code == 2 and "not allowed with" in run.stderr
 
 
-def test_credentials_never_reach_logs_or_the_store(server_registry: ServerRegistry,
-                                                   tmp_path: Path) -> None:
+def test_credentials_never_reach_logs_or_the_store(
+    server_registry: ServerRegistry, tmp_path: Path
+) -> None:
     uri = server_registry.uri.replace("http://", "http://operator:s3cr3t-token@")
     run = run_import(tmp_path, "--tracking-uri", uri, "--json")
     assert run.code == 0, run.stderr

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tests.support.serving import Server, free_port, start_server
-from utils.config import PROJECT_ROOT
 from utils.api.decoding import encode_capture
+from utils.config import PROJECT_ROOT
 from utils.dsp.feature_spec import FeatureSpec, Receiver
 from utils.dsp.preprocessing import InvalidCaptureError, preprocess
 from utils.dsp.synthetic import generate_scenes
@@ -38,9 +38,15 @@ JSON_VALUES = 400_000
 
 @pytest.fixture(scope="module")
 def server(home: Path) -> Iterator[Server]:
-    srv = start_server(home, home / "reliability.log",
-                       env={"SERVICE_WORKERS": "1", "MAX_REQUEST_BYTES": str(LIMIT),
-                            "MAX_JSON_VALUES": str(JSON_VALUES)})
+    srv = start_server(
+        home,
+        home / "reliability.log",
+        env={
+            "SERVICE_WORKERS": "1",
+            "MAX_REQUEST_BYTES": str(LIMIT),
+            "MAX_JSON_VALUES": str(JSON_VALUES),
+        },
+    )
     yield srv
     srv.stop()
 
@@ -55,26 +61,46 @@ def worker_rss_mb(server: Server) -> float:
 
 # --- fuzzing ----------------------------------------------------------------------------------
 
+
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(server: Server) -> None:
     """Every API in /docs.json: generated valid and invalid input, no 5xx, conforming bodies."""
     st_bin = str(Path(sys.executable).with_name("st"))
     done = subprocess.run(
-        [st_bin, "run", f"{server.url}/docs.json", "--checks",
-         "not_a_server_error,response_schema_conformance", "--max-examples", "25",
-         "--generation-deterministic", "--request-timeout", "60"],
-        capture_output=True, text=True, timeout=900)
+        [
+            st_bin,
+            "run",
+            f"{server.url}/docs.json",
+            "--checks",
+            "not_a_server_error,response_schema_conformance",
+            "--max-examples",
+            "25",
+            "--generation-deterministic",
+            "--request-timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-4000:]
     assert "Tested: 9" in done.stdout or "9 passed" in done.stdout
 
 
 finite_or_not = st.one_of(st.floats(width=32), st.sampled_from([np.nan, np.inf, -np.inf]))
-small_spec = FeatureSpec(n_fft=64, hop_length=32, n_mels=8, n_frames=4,
-                         receivers=(Receiver(name="a", latitude=0.0, longitude=0.0),))
+small_spec = FeatureSpec(
+    n_fft=64,
+    hop_length=32,
+    n_mels=8,
+    n_frames=4,
+    receivers=(Receiver(name="a", latitude=0.0, longitude=0.0),),
+)
 
 
 @settings(max_examples=80, deadline=None)
-@given(real=arrays(np.float32, st.tuples(st.just(1), st.integers(1, 200)), elements=finite_or_not),
-       imag=st.floats(width=32))
+@given(
+    real=arrays(np.float32, st.tuples(st.just(1), st.integers(1, 200)), elements=finite_or_not),
+    imag=st.floats(width=32),
+)
 def test_preprocessing_never_fails_untyped(real: np.ndarray, imag: float) -> None:
     """Any values, finite or not, any length: a typed error or finite model input."""
     iq = (real + 1j * np.float32(imag)).astype(np.complex64)
@@ -99,6 +125,7 @@ def test_ellipse_library_never_fails_untyped(sx: float, sy: float, rho: float, p
 
 # --- oversized input ------------------------------------------------------------------------
 
+
 def _chunks(total: int, size: int = 1 << 20) -> Iterator[bytes]:
     yield b'{"iq_b64": "'
     sent = 0
@@ -108,8 +135,9 @@ def _chunks(total: int, size: int = 1 << 20) -> Iterator[bytes]:
     yield b'"}'
 
 
-def _chunked_post(base_url: str, total: int,
-                  chunk: int = 1 << 16) -> tuple[bytes, dict[bytes, bytes], bytes, int, str]:
+def _chunked_post(
+    base_url: str, total: int, chunk: int = 1 << 16
+) -> tuple[bytes, dict[bytes, bytes], bytes, int, str]:
     """POST a chunked body of `total` bytes to /predict over a raw socket, the way an HTTP
     client that streams an upload sees it, and read the answer whatever happened to the upload.
 
@@ -120,8 +148,10 @@ def _chunked_post(base_url: str, total: int,
     host, port = base_url.removeprefix("http://").split(":")
     sent = 0
     with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json"
-                     b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json"
+            b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         try:
             for piece in _chunks(total, chunk):
                 if select.select([sock], [], [], 0)[0]:
@@ -139,8 +169,7 @@ def _chunked_post(base_url: str, total: int,
             raw += data
         head, body = raw.split(b"\r\n\r\n", 1)
         status_line, *lines = head.split(b"\r\n")
-        headers = {k.strip().lower(): v.strip()
-                   for k, v in (line.split(b":", 1) for line in lines)}
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(b":", 1) for line in lines)}
         length = int(headers[b"content-length"])
         while len(body) < length:
             data = sock.recv(65536)
@@ -154,8 +183,9 @@ def _chunked_post(base_url: str, total: int,
     return status_line, headers, body, sent, ended
 
 
-def test_oversized_input_is_refused_early_without_memory_growth(server: Server,
-                                                                report: list[str]) -> None:
+def test_oversized_input_is_refused_early_without_memory_growth(
+    server: Server, report: list[str]
+) -> None:
     url = f"{server.url}/predict"
     headers = {"content-type": "application/json"}
     before = worker_rss_mb(server)
@@ -182,8 +212,10 @@ def test_oversized_input_is_refused_early_without_memory_growth(server: Server,
         assert status == b"HTTP/1.1 413 Request Entity Too Large", (status, answer)
         assert answer_headers[b"content-type"] == b"application/json"
         assert answer_headers[b"connection"] == b"close"
-        assert json.loads(answer) == {"error": f"request body too large: the limit is {LIMIT} "
-                                               "bytes (MAX_REQUEST_BYTES)", "field": None}
+        assert json.loads(answer) == {
+            "error": f"request body too large: the limit is {LIMIT} bytes (MAX_REQUEST_BYTES)",
+            "field": None,
+        }
         # refused once the limit streamed in (a partly sent chunk is not counted), long
         # before the client finished, and the connection closed by the server (a reset: it
         # closes with the rest of the body unread; "eof" once a send already saw the reset)
@@ -210,8 +242,10 @@ def test_oversized_input_is_refused_early_without_memory_growth(server: Server,
         sampler.join()
     time.sleep(0.5)
     after = worker_rss_mb(server)
-    report.append(f"oversized input: worker RSS {before:.0f} MB before, peak {peak:.0f} MB, "
-                  f"{after:.0f} MB after (body limit {LIMIT // 1_000_000} MB)")
+    report.append(
+        f"oversized input: worker RSS {before:.0f} MB before, peak {peak:.0f} MB, "
+        f"{after:.0f} MB after (body limit {LIMIT // 1_000_000} MB)"
+    )
     assert peak - before < 100  # 400 k JSON numbers parsed at most: ~40 MB of objects
     assert after - before < 100
     capture = generate_scenes(1, seed=3, spec=FeatureSpec()).iq[0]
@@ -220,13 +254,18 @@ def test_oversized_input_is_refused_early_without_memory_growth(server: Server,
 
 # --- faults at start ------------------------------------------------------------------------
 
+
 def _serve_once(home: Path, log: Path, env: dict[str, str], timeout: float = 90) -> tuple[int, str]:
     port = free_port()
     with log.open("wb") as out:
         done = subprocess.run(
-            [sys.executable, "-m", "bentoml", "serve", "service:Localization", "--port",
-             str(port)], cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-            env={**os.environ, "BENTOML_DO_NOT_TRACK": "1", **env})
+            [sys.executable, "-m", "bentoml", "serve", "service:Localization", "--port", str(port)],
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            env={**os.environ, "BENTOML_DO_NOT_TRACK": "1", **env},
+        )
     return done.returncode, log.read_text(errors="replace")
 
 
@@ -245,12 +284,16 @@ def test_corrupt_or_missing_model_fails_once_and_clearly(home: Path, tmp_path: P
     code, log = _serve_once(broken, tmp_path / "missing.log", {"BENTOML_HOME": str(broken)})
     assert code != 0 and "model.onnx is missing" in log
 
-    code, log = _serve_once(home, tmp_path / "notag.log", {
-        "BENTOML_HOME": str(home), "BENTO_MODEL_TAG": "localization_model:doesnotexist"})
+    code, log = _serve_once(
+        home,
+        tmp_path / "notag.log",
+        {"BENTOML_HOME": str(home), "BENTO_MODEL_TAG": "localization_model:doesnotexist"},
+    )
     assert code != 0 and "is not in the BentoML model store" in log
 
 
 # --- shutdown -------------------------------------------------------------------------------
+
 
 def test_sigterm_drains_in_flight_requests(home: Path, tmp_path: Path) -> None:
     srv = start_server(home, tmp_path / "term.log", env={"SERVICE_WORKERS": "1"})
@@ -260,8 +303,9 @@ def test_sigterm_drains_in_flight_requests(home: Path, tmp_path: Path) -> None:
 
     def call() -> None:
         try:
-            results.append(httpx.post(f"{srv.url}/predict_batch", json=body,
-                                      timeout=60).status_code)
+            results.append(
+                httpx.post(f"{srv.url}/predict_batch", json=body, timeout=60).status_code
+            )
         except httpx.HTTPError as exc:
             results.append(type(exc).__name__)
 
@@ -272,9 +316,12 @@ def test_sigterm_drains_in_flight_requests(home: Path, tmp_path: Path) -> None:
     deadline = time.monotonic() + 10
     while in_flight < 2 and time.monotonic() < deadline:  # requests the server is working on
         text = httpx.get(f"{srv.url}/metrics", timeout=5).text
-        in_flight = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                        if line.startswith("bentoml_service_request_in_progress")
-                        and 'endpoint="/predict_batch"' in line)
+        in_flight = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("bentoml_service_request_in_progress")
+            and 'endpoint="/predict_batch"' in line
+        )
     assert in_flight >= 2, "no request was in flight to drain"
     started = time.monotonic()
     os.kill(srv.process.pid, signal.SIGTERM)  # like a kubelet: the main process only
@@ -286,16 +333,21 @@ def test_sigterm_drains_in_flight_requests(home: Path, tmp_path: Path) -> None:
     code = srv.process.wait(timeout=60)
     # every request the server had accepted completes; one not yet accepted may be refused
     assert results.count(200) >= in_flight
-    assert all(r == 200 or r in ("RemoteProtocolError", "ConnectError", "ReadError")
-               for r in results), results
+    assert all(
+        r == 200 or r in ("RemoteProtocolError", "ConnectError", "ReadError") for r in results
+    ), results
     assert code == 0 and time.monotonic() - started < 30
 
 
 # --- hygiene --------------------------------------------------------------------------------
 
+
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_no_pickle_and_no_writes_to_the_model_store(home: Path, tmp_path: Path) -> None:
@@ -303,34 +355,45 @@ def test_no_pickle_and_no_writes_to_the_model_store(home: Path, tmp_path: Path) 
     srv = start_server(home, tmp_path / "hygiene.log", env={"SERVICE_WORKERS": "1"})
     try:
         for media in ("application/vnd.bentoml+pickle", "multipart/form-data", "text/plain"):
-            r = httpx.post(f"{srv.url}/predict", content=b"\x80\x04K\x01.",
-                           headers={"content-type": media}, timeout=10)
+            r = httpx.post(
+                f"{srv.url}/predict",
+                content=b"\x80\x04K\x01.",
+                headers={"content-type": media},
+                timeout=10,
+            )
             assert r.status_code == 415, (media, r.status_code)
         capture = generate_scenes(1, seed=12, spec=FeatureSpec()).iq[0]
-        assert httpx.post(f"{srv.url}/predict", json={"iq_b64": b64(capture)},
-                          timeout=30).status_code == 200
+        assert (
+            httpx.post(f"{srv.url}/predict", json={"iq_b64": b64(capture)}, timeout=30).status_code
+            == 200
+        )
         info = httpx.get(f"{srv.url}/model/info", timeout=10).text
         assert "://" not in info.replace("https://errors.pydantic.dev", "")  # no registry URI
     finally:
         srv.stop()
     assert _tree_digest(home / "models") == before
     sources = "\n".join(p.read_text() for p in PROJECT_ROOT.glob("*.py")) + "\n".join(
-        p.read_text() for p in (PROJECT_ROOT / "utils").rglob("*.py"))
+        p.read_text() for p in (PROJECT_ROOT / "utils").rglob("*.py")
+    )
     for unsafe in ("import pickle", "cloudpickle", "yaml.load(", "eval(", "exec("):
         assert unsafe not in sources, unsafe
 
 
 # --- soak -----------------------------------------------------------------------------------
 
-def test_short_soak_has_no_errors_and_bounded_memory(demo_registry, tmp_path: Path,
-                                                     report: list[str]) -> None:
+
+def test_short_soak_has_no_errors_and_bounded_memory(
+    demo_registry, tmp_path: Path, report: list[str]
+) -> None:
     from benchmarks.soak import soak
 
     settings_, _ = demo_registry
     result = soak(45, users=8, workers=2, out=tmp_path, registry_uri=settings_.tracking_uri)
-    report.append(f"soak 45 s, 8 users: {result['requests']} requests, {result['failures']} "
-                  f"failures, RSS {result['rss_mb_after_warmup']} -> {result['rss_mb_end']} MB "
-                  f"after warm-up (max {result['rss_mb_max']} MB)")
+    report.append(
+        f"soak 45 s, 8 users: {result['requests']} requests, {result['failures']} "
+        f"failures, RSS {result['rss_mb_after_warmup']} -> {result['rss_mb_end']} MB "
+        f"after warm-up (max {result['rss_mb_max']} MB)"
+    )
     assert result["locust_exit_code"] == 0 and result["requests"] > 100
     assert result["failures"] == 0
     assert result["rss_growth_after_warmup_mb"] < 150

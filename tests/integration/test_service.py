@@ -28,8 +28,11 @@ def server(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     settings, _ = demo_registry
     home = tmp_path_factory.mktemp("bentoml-home")
     import_demo_model(home, settings.local_registry_dir)
-    srv = start_server(home, home / "serve.log",
-                       env={"SERVICE_WORKERS": "2", "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)})
+    srv = start_server(
+        home,
+        home / "serve.log",
+        env={"SERVICE_WORKERS": "2", "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)},
+    )
     yield srv
     assert srv.stop() == 0, srv.log()[-3000:]
 
@@ -49,8 +52,12 @@ def pairs(capture: np.ndarray) -> list:
 
 def post(server: Server, path: str, body: object, timeout: float = 60) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{server.url}{path}", content=content, timeout=timeout,
-                      headers={"content-type": "application/json"})
+    return httpx.post(
+        f"{server.url}{path}",
+        content=content,
+        timeout=timeout,
+        headers={"content-type": "application/json"},
+    )
 
 
 def test_predict_with_both_encodings(server: Server, spec: FeatureSpec) -> None:
@@ -74,12 +81,17 @@ def test_predict_with_both_encodings(server: Server, spec: FeatureSpec) -> None:
 
 def test_geojson_and_confidence_level(server: Server, spec: FeatureSpec) -> None:
     capture = generate_scenes(1, seed=322, spec=spec).iq[0]
-    r = post(server, "/predict", {"iq_b64": b64(capture), "include_geojson": True,
-                                  "confidence_level": 0.5}).json()
+    r = post(
+        server,
+        "/predict",
+        {"iq_b64": b64(capture), "include_geojson": True, "confidence_level": 0.5},
+    ).json()
     assert r["ellipse"]["confidence_level"] == 0.5
     assert r["ellipse"]["semi_major_m"] == pytest.approx(
-        covariance_ellipse(r["uncertainty"]["sigma_x"], r["uncertainty"]["sigma_y"],
-                           r["uncertainty"]["rho"], 0.5).semi_major_m)
+        covariance_ellipse(
+            r["uncertainty"]["sigma_x"], r["uncertainty"]["sigma_y"], r["uncertainty"]["rho"], 0.5
+        ).semi_major_m
+    )
     feature = r["ellipse"]["geojson"]
     assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
     ring = feature["geometry"]["coordinates"][0]
@@ -90,11 +102,14 @@ def same_answer(got: dict, want: dict, where: str) -> None:
     """The same prediction to float tolerance: batch composition changes float32 rounding."""
     assert got["quality"] == want["quality"], where
     for key in ("latitude", "longitude"):
-        assert got["position"][key] == pytest.approx(want["position"][key], rel=1e-6,
-                                                     abs=1e-5), (where, key)
+        assert got["position"][key] == pytest.approx(want["position"][key], rel=1e-6, abs=1e-5), (
+            where,
+            key,
+        )
     for key in ("sigma_x", "sigma_y", "rho", "theta"):
-        assert got["uncertainty"][key] == pytest.approx(want["uncertainty"][key], rel=1e-4,
-                                                        abs=1e-4), (where, key)
+        assert got["uncertainty"][key] == pytest.approx(
+            want["uncertainty"][key], rel=1e-4, abs=1e-4
+        ), (where, key)
     for key in ("semi_major_m", "semi_minor_m"):
         assert got["ellipse"][key] == pytest.approx(want["ellipse"][key], rel=1e-4), (where, key)
 
@@ -118,12 +133,18 @@ def test_batch_equals_singles_in_order(server: Server, spec: FeatureSpec) -> Non
         singles.append(r.json())
     assert [s["cache_hit"] for s in singles] == [False] * 6
     distinct_positions(singles)
-    batch = post(server, "/predict_batch", {"iq_samples": [pairs(c) for c in captures[:3]],
-                                            "cache_enabled": False})
+    batch = post(
+        server,
+        "/predict_batch",
+        {"iq_samples": [pairs(c) for c in captures[:3]], "cache_enabled": False},
+    )
     assert batch.status_code == 200, batch.text
     pairs_batch = batch.json()["predictions"]
-    b64_batch = post(server, "/predict_batch", {"iq_b64_samples": [b64(c) for c in captures],
-                                                "session_id": "s", "cache_enabled": False}).json()
+    b64_batch = post(
+        server,
+        "/predict_batch",
+        {"iq_b64_samples": [b64(c) for c in captures], "session_id": "s", "cache_enabled": False},
+    ).json()
     assert len(pairs_batch) == 3 and len(b64_batch["predictions"]) == 6
     assert b64_batch["samples_per_second"] > 0
     for i, single in enumerate(singles):
@@ -135,20 +156,25 @@ def test_batch_equals_singles_in_order(server: Server, spec: FeatureSpec) -> Non
             same_answer(pairs_batch[i], single, f"iq_samples[{i}]")
 
 
-def test_predictions_are_calibrated_on_known_scenes(server: Server, spec: FeatureSpec,
-                                                    report: list[str]) -> None:
+def test_predictions_are_calibrated_on_known_scenes(
+    server: Server, spec: FeatureSpec, report: list[str]
+) -> None:
     scenes = generate_scenes(600, seed=2024, spec=spec)
     predictions = []
     for start in range(0, 600, 12):  # 12 x 338 kB stays under the test's 8 MB body limit
-        r = post(server, "/predict_batch",
-                 {"iq_b64_samples": [b64(c) for c in scenes.iq[start:start + 12]]})
+        r = post(
+            server,
+            "/predict_batch",
+            {"iq_b64_samples": [b64(c) for c in scenes.iq[start : start + 12]]},
+        )
         assert r.status_code == 200, r.text
         predictions += r.json()["predictions"]
     inside = []
     errors = []
     for p, lat, lon in zip(predictions, scenes.tx_latitude, scenes.tx_longitude, strict=True):
-        east, north = local_offsets_m(lat, lon, p["position"]["latitude"],
-                                      p["position"]["longitude"])
+        east, north = local_offsets_m(
+            lat, lon, p["position"]["latitude"], p["position"]["longitude"]
+        )
         e = p["ellipse"]
         phi = math.radians(e["orientation_deg"])
         along = east * math.sin(phi) + north * math.cos(phi)
@@ -156,8 +182,10 @@ def test_predictions_are_calibrated_on_known_scenes(server: Server, spec: Featur
         inside.append((along / e["semi_major_m"]) ** 2 + (across / e["semi_minor_m"]) ** 2 <= 1)
         errors.append(math.hypot(east, north))
     share = float(np.mean(inside))
-    report.append(f"service: {len(inside)} known scenes, 95% ellipses hold {share:.3f}, "
-                  f"median error {np.median(errors) / 1000:.1f} km")
+    report.append(
+        f"service: {len(inside)} known scenes, 95% ellipses hold {share:.3f}, "
+        f"median error {np.median(errors) / 1000:.1f} km"
+    )
     assert 0.90 <= share <= 0.98
     assert confidence_scale(0.95) == pytest.approx(2.4477, abs=1e-4)
 
@@ -176,22 +204,28 @@ def _batch_sizes(server: Server, prefix: str) -> tuple[float, float]:
 
 
 def _burst(server: Server, spec: FeatureSpec, metric: str) -> tuple[float, float]:
-    bodies = [json.dumps({"iq_b64": b64(c), "cache_enabled": False}).encode()
-              for c in generate_scenes(16, seed=77, spec=spec).iq]
+    bodies = [
+        json.dumps({"iq_b64": b64(c), "cache_enabled": False}).encode()
+        for c in generate_scenes(16, seed=77, spec=spec).iq
+    ]
     total0, count0 = _batch_sizes(server, metric)
     with ThreadPoolExecutor(max_workers=32) as pool:
-        statuses = list(pool.map(lambda i: post(server, "/predict", bodies[i % 16]).status_code,
-                                 range(192)))
+        statuses = list(
+            pool.map(lambda i: post(server, "/predict", bodies[i % 16]).status_code, range(192))
+        )
     assert statuses == [200] * 192
     total1, count1 = _batch_sizes(server, metric)
     return count1 - count0, total1 - total0
 
 
-def test_concurrent_requests_are_batched(server: Server, spec: FeatureSpec,
-                                         report: list[str]) -> None:
+def test_concurrent_requests_are_batched(
+    server: Server, spec: FeatureSpec, report: list[str]
+) -> None:
     batches, items = _burst(server, spec, "rfloc_batch_size")
-    report.append(f"service (greedy dispatch): 192 concurrent /predict calls ran as "
-                  f"{batches:.0f} batches (mean size {items / batches:.1f})")
+    report.append(
+        f"service (greedy dispatch): 192 concurrent /predict calls ran as "
+        f"{batches:.0f} batches (mean size {items / batches:.1f})"
+    )
     assert items >= 192 and batches < items, "some batch held more than one request"
 
 
@@ -205,9 +239,9 @@ def _counter(server: Server, name: str) -> float:
     return total
 
 
-def test_proxy_dispatch_batches_through_the_batchable_api(demo_registry, server: Server,
-                                                          spec: FeatureSpec, tmp_path: Path,
-                                                          report: list[str]) -> None:
+def test_proxy_dispatch_batches_through_the_batchable_api(
+    demo_registry, server: Server, spec: FeatureSpec, tmp_path: Path, report: list[str]
+) -> None:
     """BATCH_DISPATCH=proxy: the same answers, batched by BentoML's batchable `infer` API.
 
     Every request here is uncached, so each one reaches `infer` through the proxy: `iq_b64`
@@ -215,13 +249,16 @@ def test_proxy_dispatch_batches_through_the_batchable_api(demo_registry, server:
     settings, _ = demo_registry
     home = tmp_path / "home"
     import_demo_model(home, settings.local_registry_dir)
-    proxy = start_server(home, tmp_path / "proxy.log",
-                         env={"SERVICE_WORKERS": "1", "BATCH_DISPATCH": "proxy"})
+    proxy = start_server(
+        home, tmp_path / "proxy.log", env={"SERVICE_WORKERS": "1", "BATCH_DISPATCH": "proxy"}
+    )
     adaptive = "bentoml_service_adaptive_batch_size"
     try:
         batches, items = _burst(proxy, spec, adaptive)
-        report.append(f"service (proxy dispatch): 192 concurrent /predict calls ran as "
-                      f"{batches:.0f} batches (mean size {items / batches:.1f})")
+        report.append(
+            f"service (proxy dispatch): 192 concurrent /predict calls ran as "
+            f"{batches:.0f} batches (mean size {items / batches:.1f})"
+        )
         assert items >= 192 and batches < items
 
         def through_proxy(path: str, body: dict, samples: int) -> dict:
@@ -241,20 +278,22 @@ def test_proxy_dispatch_batches_through_the_batchable_api(demo_registry, server:
         captures = generate_scenes(3, seed=78, spec=spec).iq
         direct = through_proxy("/predict", {"iq_b64": b64(captures[0])}, 1)
         re_encoded = through_proxy("/predict", {"iq_data": pairs(captures[0])}, 1)
-        in_process = post(server, "/predict", {"iq_b64": b64(captures[0]),
-                                               "cache_enabled": False}).json()
+        in_process = post(
+            server, "/predict", {"iq_b64": b64(captures[0]), "cache_enabled": False}
+        ).json()
         same_answer(direct, in_process, "proxy iq_b64")
         same_answer(re_encoded, in_process, "proxy iq_data")
 
-        want = post(server, "/predict_batch", {"iq_b64_samples": [b64(c) for c in captures],
-                                               "cache_enabled": False})
+        want = post(
+            server,
+            "/predict_batch",
+            {"iq_b64_samples": [b64(c) for c in captures], "cache_enabled": False},
+        )
         assert want.status_code == 200, want.text
         expected = want.json()["predictions"]
         distinct_positions(expected)
-        by_b64 = through_proxy("/predict_batch",
-                               {"iq_b64_samples": [b64(c) for c in captures]}, 3)
-        by_pairs = through_proxy("/predict_batch",
-                                 {"iq_samples": [pairs(c) for c in captures]}, 3)
+        by_b64 = through_proxy("/predict_batch", {"iq_b64_samples": [b64(c) for c in captures]}, 3)
+        by_pairs = through_proxy("/predict_batch", {"iq_samples": [pairs(c) for c in captures]}, 3)
         for name, got in (("iq_b64_samples", by_b64), ("iq_samples", by_pairs)):
             assert len(got["predictions"]) == 3
             for i, (p, e) in enumerate(zip(got["predictions"], expected, strict=True)):
@@ -264,8 +303,18 @@ def test_proxy_dispatch_batches_through_the_batchable_api(demo_registry, server:
 
 
 def test_ellipse_endpoint(server: Server) -> None:
-    r = post(server, "/ellipse", {"latitude": 45.07, "longitude": 7.69, "sigma_x": 300.0,
-                                  "sigma_y": 100.0, "rho": 0.0, "num_points": 32})
+    r = post(
+        server,
+        "/ellipse",
+        {
+            "latitude": 45.07,
+            "longitude": 7.69,
+            "sigma_x": 300.0,
+            "sigma_y": 100.0,
+            "rho": 0.0,
+            "num_points": 32,
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["orientation_deg"] == pytest.approx(90.0)
@@ -280,9 +329,22 @@ def test_model_info(server: Server) -> None:
     posted = post(server, "/model/info", {})
     assert got.status_code == 200 and posted.status_code == 200
     info = got.json()
-    for key in ("name", "version", "stage", "mlflow_run_id", "bento_model_tag", "created_at",
-                "sha256", "feature_spec", "accuracy_meters", "training_samples", "last_reloaded",
-                "inference_count", "avg_latency_ms", "cache_hit_rate"):
+    for key in (
+        "name",
+        "version",
+        "stage",
+        "mlflow_run_id",
+        "bento_model_tag",
+        "created_at",
+        "sha256",
+        "feature_spec",
+        "accuracy_meters",
+        "training_samples",
+        "last_reloaded",
+        "inference_count",
+        "avg_latency_ms",
+        "cache_hit_rate",
+    ):
         assert key in info
     assert info["name"] == "localization_model" and info["version"] == "1"
     assert info["stage"] == "Production" and len(info["sha256"]) == 64
@@ -290,11 +352,14 @@ def test_model_info(server: Server) -> None:
     assert [r["name"] for r in info["feature_spec"]["receivers"]][0] == "Torino"
     assert info["accuracy_meters"] > 1000 and info["training_samples"] > 5000
     # counts from known events: five uncached predictions add exactly five inferences
-    captures = generate_scenes(5, seed=515, spec=FeatureSpec.model_validate(
-        info["feature_spec"])).iq
+    captures = generate_scenes(
+        5, seed=515, spec=FeatureSpec.model_validate(info["feature_spec"])
+    ).iq
     for capture in captures:
-        assert post(server, "/predict", {"iq_b64": b64(capture),
-                                         "cache_enabled": False}).status_code == 200
+        assert (
+            post(server, "/predict", {"iq_b64": b64(capture), "cache_enabled": False}).status_code
+            == 200
+        )
     after = httpx.get(f"{server.url}/model/info", timeout=10).json()
     assert after["inference_count"] == info["inference_count"] + 5
     assert after["avg_latency_ms"] > 0
@@ -309,13 +374,18 @@ def test_inference_count_sums_both_workers(server: Server, spec: FeatureSpec) ->
     batch = {"iq_b64_samples": [b64(c) for c in captures[:3]], "cache_enabled": False}
 
     def counts(pool: ThreadPoolExecutor) -> list[int]:  # concurrent reads reach both workers
-        return [r.json()["inference_count"] for r in pool.map(
-            lambda _: httpx.get(f"{server.url}/model/info", timeout=10), range(8))]
+        return [
+            r.json()["inference_count"]
+            for r in pool.map(lambda _: httpx.get(f"{server.url}/model/info", timeout=10), range(8))
+        ]
 
     def per_worker() -> dict[str, float]:
         text = httpx.get(f"{server.url}/metrics", timeout=10).text
-        return {line.split('pid="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines() if line.startswith("rfloc_worker_predictions{")}
+        return {
+            line.split('pid="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("rfloc_worker_predictions{")
+        }
 
     served_by: set[str] = set()
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -325,14 +395,16 @@ def test_inference_count_sums_both_workers(server: Server, spec: FeatureSpec) ->
             assert reads == [before] * 8, "workers disagree on inference_count"
             assert _counter(server, "rfloc_model_inferences_total") == before
             workers_before = per_worker()
-            codes = list(pool.map(lambda i: post(server, "/predict", bodies[i % 4]).status_code,
-                                  range(24)))
+            codes = list(
+                pool.map(lambda i: post(server, "/predict", bodies[i % 4]).status_code, range(24))
+            )
             codes.append(post(server, "/predict_batch", batch).status_code)
             assert codes == [200] * 25
             assert counts(pool) == [before + 24 + 3] * 8
             assert _counter(server, "rfloc_model_inferences_total") == before + 24 + 3
-            served_by |= {pid for pid, n in per_worker().items()
-                          if n > workers_before.get(pid, 0.0)}
+            served_by |= {
+                pid for pid, n in per_worker().items() if n > workers_before.get(pid, 0.0)
+            }
             if len(served_by) == 2:
                 break
     assert len(served_by) == 2, "one worker served everything: the sum over workers is untested"
@@ -348,8 +420,17 @@ def test_health_docs_and_ui(server: Server) -> None:
     for path in ("/predict", "/predict_batch", "/ellipse", "/model/info"):
         assert "post" in doc["paths"][path]
     request_schema = json.dumps(doc)
-    for field in ("iq_data", "iq_b64", "session_id", "cache_enabled", "confidence_level",
-                  "include_geojson", "iq_samples", "iq_b64_samples", "num_points"):
+    for field in (
+        "iq_data",
+        "iq_b64",
+        "session_id",
+        "cache_enabled",
+        "confidence_level",
+        "include_geojson",
+        "iq_samples",
+        "iq_b64_samples",
+        "num_points",
+    ):
         assert field in request_schema
 
 
@@ -372,49 +453,122 @@ def _bad_cases(spec: FeatureSpec) -> list[tuple[str, str, object, int, str]]:
     nan[2, 10] = complex(np.nan, 0)
     long = np.ones((5, 65_537), np.complex64)
     return [
-        ("both encodings", "/predict", {"iq_b64": b64(good), "iq_data": pairs(good)}, 400,
-         "exactly one of iq_data and iq_b64"),
+        (
+            "both encodings",
+            "/predict",
+            {"iq_b64": b64(good), "iq_data": pairs(good)},
+            400,
+            "exactly one of iq_data and iq_b64",
+        ),
         ("no encoding", "/predict", {"session_id": "x"}, 400, "exactly one of iq_data"),
         ("four levels", "/predict", {"iq_data": [pairs(good)]}, 400, "4 levels of nesting"),
         ("triplets", "/predict", {"iq_data": [[[1, 2, 3]] * 600] * 5}, 400, "[I, Q] pair"),
-        ("three receivers", "/predict", {"iq_data": pairs(good[:3])}, 400,
-         "expected 5 receiver captures"),
-        ("too short", "/predict", {"iq_b64": b64(good[:, :100])}, 400,
-         "100 samples per receiver, at least 512"),
+        (
+            "three receivers",
+            "/predict",
+            {"iq_data": pairs(good[:3])},
+            400,
+            "expected 5 receiver captures",
+        ),
+        (
+            "too short",
+            "/predict",
+            {"iq_b64": b64(good[:, :100])},
+            400,
+            "100 samples per receiver, at least 512",
+        ),
         ("too long", "/predict", {"iq_b64": b64(long)}, 400, "at most 65536"),
         ("NaN", "/predict", {"iq_b64": b64(nan)}, 400, "NaN or infinite"),
         ("bad base64", "/predict", {"iq_b64": "not*base64"}, 400, "iq_b64: not valid base64"),
-        ("odd bytes", "/predict", {"iq_b64": base64.b64encode(b"\0" * 12).decode()}, 400,
-         "not a whole, non-zero number of complex64"),
-        ("no split", "/predict", {"iq_b64": b64(np.ones(5 * 600 + 1, np.complex64))}, 400,
-         "do not split into 5"),
+        (
+            "odd bytes",
+            "/predict",
+            {"iq_b64": base64.b64encode(b"\0" * 12).decode()},
+            400,
+            "not a whole, non-zero number of complex64",
+        ),
+        (
+            "no split",
+            "/predict",
+            {"iq_b64": b64(np.ones(5 * 600 + 1, np.complex64))},
+            400,
+            "do not split into 5",
+        ),
         ("strings", "/predict", {"iq_data": [[["a", "b"]] * 600] * 5}, 400, "must be numbers"),
-        ("booleans", "/predict", {"iq_data": [[[True, False]] * 600] * 5}, 400,
-         "must be numbers"),
-        ("ragged", "/predict", {"iq_data": [[[1, 2]] * 600, [[1, 2]] * 601] + [[[1, 2]] * 600] * 3},
-         400, "ragged"),
-        ("confidence 1.5", "/predict", {"iq_b64": b64(good), "confidence_level": 1.5}, 400,
-         "confidence_level"),
+        ("booleans", "/predict", {"iq_data": [[[True, False]] * 600] * 5}, 400, "must be numbers"),
+        (
+            "ragged",
+            "/predict",
+            {"iq_data": [[[1, 2]] * 600, [[1, 2]] * 601] + [[[1, 2]] * 600] * 3},
+            400,
+            "ragged",
+        ),
+        (
+            "confidence 1.5",
+            "/predict",
+            {"iq_b64": b64(good), "confidence_level": 1.5},
+            400,
+            "confidence_level",
+        ),
         ("unknown field", "/predict", {"iq_b64": b64(good), "foo": 1}, 400, "foo"),
         ("not JSON", "/predict", b"{not json", 400, "Invalid JSON"),
-        ("bad batch item", "/predict_batch",
-         {"iq_b64_samples": [b64(good), b64(good), "###", b64(good)]}, 400,
-         "iq_b64_samples[2]: not valid base64"),
-        ("bad batch pairs", "/predict_batch", {"iq_samples": [pairs(good), pairs(good[:2])]},
-         400, "iq_samples[1]: expected 5 receiver captures"),
-        ("too many items", "/predict_batch", {"iq_b64_samples": ["AAAA"] * 101}, 413,
-         "iq_b64_samples: 101 items, at most 100"),
+        (
+            "bad batch item",
+            "/predict_batch",
+            {"iq_b64_samples": [b64(good), b64(good), "###", b64(good)]},
+            400,
+            "iq_b64_samples[2]: not valid base64",
+        ),
+        (
+            "bad batch pairs",
+            "/predict_batch",
+            {"iq_samples": [pairs(good), pairs(good[:2])]},
+            400,
+            "iq_samples[1]: expected 5 receiver captures",
+        ),
+        (
+            "too many items",
+            "/predict_batch",
+            {"iq_b64_samples": ["AAAA"] * 101},
+            413,
+            "iq_b64_samples: 101 items, at most 100",
+        ),
         ("empty batch", "/predict_batch", {"iq_b64_samples": []}, 400, "iq_b64_samples"),
-        ("ellipse sigma", "/ellipse", {"latitude": 0, "longitude": 0, "sigma_x": -1,
-                                       "sigma_y": 1}, 400, "sigma_x"),
-        ("ellipse rho", "/ellipse", {"latitude": 0, "longitude": 0, "sigma_x": 1, "sigma_y": 1,
-                                     "rho": 1.0}, 400, "rho"),
-        ("ellipse latitude", "/ellipse", {"latitude": 91, "longitude": 0, "sigma_x": 1,
-                                          "sigma_y": 1}, 400, "latitude"),
-        ("ellipse points", "/ellipse", {"latitude": 0, "longitude": 0, "sigma_x": 1,
-                                        "sigma_y": 1, "num_points": 2}, 400, "num_points"),
-        ("body too large", "/predict", b'{"iq_b64": "' + b"A" * MAX_REQUEST_BYTES + b'"}', 413,
-         "request body too large"),
+        (
+            "ellipse sigma",
+            "/ellipse",
+            {"latitude": 0, "longitude": 0, "sigma_x": -1, "sigma_y": 1},
+            400,
+            "sigma_x",
+        ),
+        (
+            "ellipse rho",
+            "/ellipse",
+            {"latitude": 0, "longitude": 0, "sigma_x": 1, "sigma_y": 1, "rho": 1.0},
+            400,
+            "rho",
+        ),
+        (
+            "ellipse latitude",
+            "/ellipse",
+            {"latitude": 91, "longitude": 0, "sigma_x": 1, "sigma_y": 1},
+            400,
+            "latitude",
+        ),
+        (
+            "ellipse points",
+            "/ellipse",
+            {"latitude": 0, "longitude": 0, "sigma_x": 1, "sigma_y": 1, "num_points": 2},
+            400,
+            "num_points",
+        ),
+        (
+            "body too large",
+            "/predict",
+            b'{"iq_b64": "' + b"A" * MAX_REQUEST_BYTES + b'"}',
+            413,
+            "request body too large",
+        ),
     ]
 
 

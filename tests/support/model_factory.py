@@ -13,9 +13,14 @@ from onnx import TensorProto, helper, numpy_helper
 from demo.bootstrap import register_onnx_model
 
 
-def toy_model(*, input_name: str = "mel_spectrogram", uncertainty_width: int = 3,
-              channels: int = 5, positions_name: str = "positions",
-              nan_below_level: float | None = None) -> onnx.ModelProto:
+def toy_model(
+    *,
+    input_name: str = "mel_spectrogram",
+    uncertainty_width: int = 3,
+    channels: int = 5,
+    positions_name: str = "positions",
+    nan_below_level: float | None = None,
+) -> onnx.ModelProto:
     """Mean level per channel -> a linear position; constant sigmas (a valid toy otherwise).
 
     `nan_below_level`: a broken model whose sigmas turn NaN when the mean input level is below
@@ -29,20 +34,24 @@ def toy_model(*, input_name: str = "mel_spectrogram", uncertainty_width: int = 3
         numpy_helper.from_array(np.array([45.0, 8.0], np.float32), "b"),
         numpy_helper.from_array(np.zeros((channels, uncertainty_width), np.float32), "Wu"),
         numpy_helper.from_array(
-            np.array([0.1, 0.2, 0.1, 0.1][:uncertainty_width], np.float32), "bu"),
+            np.array([0.1, 0.2, 0.1, 0.1][:uncertainty_width], np.float32), "bu"
+        ),
     ]
     nodes = [
         helper.make_node("ReduceMean", [input_name, "axes"], ["level"], keepdims=0),
         helper.make_node("MatMul", ["level", "W"], ["p0"]),
         helper.make_node("Add", ["p0", "b"], [positions_name]),
         helper.make_node("MatMul", ["level", "Wu"], ["u0"]),
-        helper.make_node("Add", ["u0", "bu"],
-                         ["uncertainties" if nan_below_level is None else "u1"]),
+        helper.make_node(
+            "Add", ["u0", "bu"], ["uncertainties" if nan_below_level is None else "u1"]
+        ),
     ]
     if nan_below_level is not None:
-        inits += [numpy_helper.from_array(np.array([1], np.int64), "channel_axis"),
-                  numpy_helper.from_array(np.array([-nan_below_level], np.float32), "shift"),
-                  numpy_helper.from_array(np.array([0.0], np.float32), "zero")]
+        inits += [
+            numpy_helper.from_array(np.array([1], np.int64), "channel_axis"),
+            numpy_helper.from_array(np.array([-nan_below_level], np.float32), "shift"),
+            numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+        ]
         nodes += [
             helper.make_node("ReduceMean", ["level", "channel_axis"], ["overall"], keepdims=1),
             helper.make_node("Add", ["overall", "shift"], ["margin"]),
@@ -51,12 +60,19 @@ def toy_model(*, input_name: str = "mel_spectrogram", uncertainty_width: int = 3
             helper.make_node("Add", ["u1", "poison"], ["uncertainties"]),
         ]
     graph = helper.make_graph(
-        nodes, "toy",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
-                                       ["batch", channels, 128, 32])],
-        [helper.make_tensor_value_info(positions_name, TensorProto.FLOAT, ["batch", 2]),
-         helper.make_tensor_value_info("uncertainties", TensorProto.FLOAT,
-                                       ["batch", uncertainty_width])],
+        nodes,
+        "toy",
+        [
+            helper.make_tensor_value_info(
+                input_name, TensorProto.FLOAT, ["batch", channels, 128, 32]
+            )
+        ],
+        [
+            helper.make_tensor_value_info(positions_name, TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info(
+                "uncertainties", TensorProto.FLOAT, ["batch", uncertainty_width]
+            ),
+        ],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -70,8 +86,9 @@ def experiment(client: MlflowClient, name: str = "import-tests") -> str:
     return str(found.experiment_id) if found else str(client.create_experiment(name))
 
 
-def register_files(client: MlflowClient, name: str, files: dict[str, bytes],
-                   stage: str | None = "Production") -> str:
+def register_files(
+    client: MlflowClient, name: str, files: dict[str, bytes], stage: str | None = "Production"
+) -> str:
     """Register an arbitrary artifact folder (e.g. a corrupt model.onnx) as a new version."""
     run = client.create_run(experiment(client))
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,8 +102,9 @@ def register_files(client: MlflowClient, name: str, files: dict[str, bytes],
         client.get_registered_model(name)
     except Exception:
         client.create_registered_model(name)
-    mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/model",
-                                     run_id=run.info.run_id)
+    mv = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+    )
     if stage:
         client.transition_model_version_stage(name, str(mv.version), stage)
     return str(mv.version)

@@ -11,8 +11,9 @@ def make_settings(registry_dir: Path, **overrides: object) -> Settings:
     return Settings(_env_file=None, local_registry_dir=registry_dir, **overrides)
 
 
-def download_registered_model(settings: Settings, *, alias: str | None = None,
-                              stage: str | None = None) -> Path:
+def download_registered_model(
+    settings: Settings, *, alias: str | None = None, stage: str | None = None
+) -> Path:
     """The whole artifact folder of a registered version, through the import's own resolver.
 
     An explicit registry URI throughout: `models:/` URIs would resolve against MLflow's global
@@ -23,6 +24,7 @@ def download_registered_model(settings: Settings, *, alias: str | None = None,
     from utils.model.registry import download, resolve
 
     uri = settings.tracking_uri
-    resolved = resolve(uri, settings.model_name, stage=None if alias else (stage or "Production"),
-                       alias=alias)
+    resolved = resolve(
+        uri, settings.model_name, stage=None if alias else (stage or "Production"), alias=alias
+    )
     return download(uri, resolved, Path(tempfile.mkdtemp(prefix="registered-")) / "model")

@@ -45,24 +45,45 @@ class Server:
 def import_demo_model(bentoml_home: Path, registry_dir: Path) -> str:
     """Run import_model.py against an embedded registry; returns the BentoML tag."""
     done = subprocess.run(
-        [sys.executable, "import_model.py"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-        timeout=300, env={**os.environ, "BENTOML_HOME": str(bentoml_home),
-                          "LOCAL_REGISTRY_DIR": str(registry_dir), "BENTOML_DO_NOT_TRACK": "1"},
+        [sys.executable, "import_model.py"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "BENTOML_HOME": str(bentoml_home),
+            "LOCAL_REGISTRY_DIR": str(registry_dir),
+            "BENTOML_DO_NOT_TRACK": "1",
+        },
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
 
 
-def start_server(bentoml_home: Path, log_path: Path, env: dict[str, str] | None = None,
-                 target: str = "service:Localization", cwd: Path = PROJECT_ROOT,
-                 python: str = sys.executable, ready_timeout: float = 180.0) -> Server:
+def start_server(
+    bentoml_home: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    target: str = "service:Localization",
+    cwd: Path = PROJECT_ROOT,
+    python: str = sys.executable,
+    ready_timeout: float = 180.0,
+) -> Server:
     port = free_port()
     log = log_path.open("wb")
     process = subprocess.Popen(
         [python, "-m", "bentoml", "serve", target, "--port", str(port), "--host", "127.0.0.1"],
-        cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "1",
-             **(env or {})},
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={
+            **os.environ,
+            "BENTOML_HOME": str(bentoml_home),
+            "BENTOML_DO_NOT_TRACK": "1",
+            **(env or {}),
+        },
     )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + ready_timeout

@@ -18,8 +18,9 @@ def test_defaults_point_at_embedded_registry(tmp_path: Path) -> None:
 
 def test_environment_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_file = tmp_path / ".env"
-    env_file.write_text("REDIS_URL=redis://127.0.0.1:6379/3\nCACHE_TTL_SECONDS=60\n"
-                        "MODEL_ALIAS=champion\n")
+    env_file.write_text(
+        "REDIS_URL=redis://127.0.0.1:6379/3\nCACHE_TTL_SECONDS=60\nMODEL_ALIAS=champion\n"
+    )
     monkeypatch.setenv("ORT_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
     monkeypatch.setenv("BATCH_MAX_SIZE", "32")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://registry:5000")
@@ -41,8 +42,12 @@ def test_blank_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("BATCH_MAX_SIZE", "0"), ("CACHE_TTL_SECONDS", "-1"), ("ORT_PROVIDERS", "TPUProvider"),
-     ("MAX_BATCH_ITEMS", "many")],
+    [
+        ("BATCH_MAX_SIZE", "0"),
+        ("CACHE_TTL_SECONDS", "-1"),
+        ("ORT_PROVIDERS", "TPUProvider"),
+        ("MAX_BATCH_ITEMS", "many"),
+    ],
 )
 def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
     monkeypatch.setenv(var, value)

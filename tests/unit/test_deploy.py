@@ -41,8 +41,10 @@ def test_configmap_and_compose_use_real_setting_names() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     env = compose["services"]["localization"]["environment"]
     assert not [k for k in env if not _known_variable(k)]
-    Settings(_env_file=None, **{k.lower(): v for k, v in config.items()
-                                if k.lower() in Settings.model_fields})  # values validate
+    Settings(
+        _env_file=None,
+        **{k.lower(): v for k, v in config.items() if k.lower() in Settings.model_fields},
+    )  # values validate
     assert config["REDIS_URL"].startswith("redis://rf-localization-redis:")
     assert env["REDIS_URL"].startswith("redis://redis:")
 

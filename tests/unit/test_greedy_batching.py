@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from utils.serving.greedy import BatchRecord, BatcherClosed, GreedyBatcher, Overloaded
+from utils.serving.greedy import BatcherClosed, BatchRecord, GreedyBatcher, Overloaded
 
 
 class Gate:
@@ -88,8 +88,14 @@ def test_a_finished_batch_reaches_its_callers_before_the_next_batch_starts() -> 
             events.append(f"answered {i}")
 
         await asyncio.gather(*(caller(i) for i in range(4)))
-        assert events == ["batch [0, 1]", "answered 0", "answered 1",
-                          "batch [2, 3]", "answered 2", "answered 3"]
+        assert events == [
+            "batch [0, 1]",
+            "answered 0",
+            "answered 1",
+            "batch [2, 3]",
+            "answered 2",
+            "answered 3",
+        ]
 
     run(scenario)
 
@@ -197,12 +203,12 @@ def test_queue_delay_gathers_items_when_asked() -> None:
 
 def test_no_hangover_after_a_burst() -> None:
     """After any burst, the next lone item is dispatched as an idle one, immediately."""
+
     async def scenario() -> None:
         gate = Gate()
         gate.release.set()
         records: list[BatchRecord] = []
-        batcher = GreedyBatcher(gate, max_batch_size=4, wait_budget_s=100,
-                                observer=records.append)
+        batcher = GreedyBatcher(gate, max_batch_size=4, wait_budget_s=100, observer=records.append)
         await asyncio.gather(*(batcher.submit(i) for i in range(50)))
         records.clear()
         assert await batcher.submit(99) == 990
@@ -222,14 +228,40 @@ def test_cork_is_bentomls_private_dispatcher_imported_only_when_chosen() -> None
 
     module, name = CORK_DISPATCHER.rsplit(".", 1)
     assert isinstance(getattr(importlib.import_module(module), name), type)
-    assert isinstance(make_batcher("cork", lambda items: items, max_batch_size=4,
-                                   max_latency_ms=1000, wait_budget_s=1, queue_delay_s=0), Cork)
-    assert isinstance(make_batcher("greedy", lambda items: items, max_batch_size=4,
-                                   max_latency_ms=1000, wait_budget_s=1, queue_delay_s=0), Greedy)
-    assert make_batcher("proxy", lambda items: items, max_batch_size=4, max_latency_ms=1000,
-                        wait_budget_s=1, queue_delay_s=0) is None
-    probe = ("import sys, bentoml, utils.serving.batching; "
-             f"sys.exit(int({module!r} in sys.modules))")
+    assert isinstance(
+        make_batcher(
+            "cork",
+            lambda items: items,
+            max_batch_size=4,
+            max_latency_ms=1000,
+            wait_budget_s=1,
+            queue_delay_s=0,
+        ),
+        Cork,
+    )
+    assert isinstance(
+        make_batcher(
+            "greedy",
+            lambda items: items,
+            max_batch_size=4,
+            max_latency_ms=1000,
+            wait_budget_s=1,
+            queue_delay_s=0,
+        ),
+        Greedy,
+    )
+    assert (
+        make_batcher(
+            "proxy",
+            lambda items: items,
+            max_batch_size=4,
+            max_latency_ms=1000,
+            wait_budget_s=1,
+            queue_delay_s=0,
+        )
+        is None
+    )
+    probe = f"import sys, bentoml, utils.serving.batching; sys.exit(int({module!r} in sys.modules))"
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
 
 
@@ -246,8 +278,9 @@ def test_greedy_runs_a_synchronous_function_in_a_thread() -> None:
         return [i + 1 for i in items]
 
     async def scenario() -> list[int]:
-        batcher = make_batcher("greedy", batch, max_batch_size=4, max_latency_ms=1000,
-                               wait_budget_s=1, queue_delay_s=0)
+        batcher = make_batcher(
+            "greedy", batch, max_batch_size=4, max_latency_ms=1000, wait_budget_s=1, queue_delay_s=0
+        )
         assert batcher is not None
         out = await asyncio.gather(*(batcher.submit(i) for i in range(6)))
         await batcher.shutdown()

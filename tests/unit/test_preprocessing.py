@@ -27,40 +27,65 @@ def reference_log_mel(capture: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """`[C, S]` -> `[C, M, F]` with scipy's STFT and librosa's filterbank and dB, in float64."""
     x = capture[:, : spec.samples_per_capture].astype(np.complex128)
     _, _, z = scipy.signal.stft(
-        x, fs=spec.sample_rate_hz, window="hann", nperseg=spec.n_fft,
-        noverlap=spec.n_fft - spec.hop_length, boundary=None, padded=False,
-        return_onesided=False, scaling="spectrum", detrend=False, axis=-1,
+        x,
+        fs=spec.sample_rate_hz,
+        window="hann",
+        nperseg=spec.n_fft,
+        noverlap=spec.n_fft - spec.hop_length,
+        boundary=None,
+        padded=False,
+        return_onesided=False,
+        scaling="spectrum",
+        detrend=False,
+        axis=-1,
     )  # [C, n_fft, frames]
     power = np.fft.fftshift(np.abs(z) ** 2, axes=1)
     # On a 2*fs / 2*n_fft grid librosa's one-sided bins k*fs/n_fft are exactly our two-sided ones.
-    fb = librosa.filters.mel(sr=2 * spec.sample_rate_hz, n_fft=2 * spec.n_fft, n_mels=spec.n_mels,
-                             fmin=spec.f_min_hz, fmax=spec.f_max_hz,
-                             htk=spec.mel_scale == "htk", norm=spec.mel_norm)[:, : spec.n_fft]
+    fb = librosa.filters.mel(
+        sr=2 * spec.sample_rate_hz,
+        n_fft=2 * spec.n_fft,
+        n_mels=spec.n_mels,
+        fmin=spec.f_min_hz,
+        fmax=spec.f_max_hz,
+        htk=spec.mel_scale == "htk",
+        norm=spec.mel_norm,
+    )[:, : spec.n_fft]
     mel = np.einsum("mk,ckt->cmt", fb, power)[:, :, : spec.n_frames]
     db = librosa.power_to_db(mel, ref=spec.db_reference, amin=spec.power_floor, top_db=None)
     return (db - spec.norm_mean_db) / spec.norm_std_db
 
 
 @pytest.mark.parametrize("scale", ["slaney", "htk"])
-@pytest.mark.parametrize(("n_fft", "n_mels", "f_min", "f_max"),
-                         [(512, 128, 0.0, 12_000.0), (1024, 64, 500.0, 11_000.0)])
-def test_filterbank_matches_librosa(scale: str, n_fft: int, n_mels: int, f_min: float,
-                                    f_max: float) -> None:
+@pytest.mark.parametrize(
+    ("n_fft", "n_mels", "f_min", "f_max"), [(512, 128, 0.0, 12_000.0), (1024, 64, 500.0, 11_000.0)]
+)
+def test_filterbank_matches_librosa(
+    scale: str, n_fft: int, n_mels: int, f_min: float, f_max: float
+) -> None:
     ours = mel_filterbank(12_000.0, n_fft, n_mels, f_min, f_max, scale=scale)  # type: ignore[arg-type]
-    ref = librosa.filters.mel(sr=24_000.0, n_fft=2 * n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max,
-                              htk=scale == "htk", norm="slaney")[:, :n_fft]
+    ref = librosa.filters.mel(
+        sr=24_000.0,
+        n_fft=2 * n_fft,
+        n_mels=n_mels,
+        fmin=f_min,
+        fmax=f_max,
+        htk=scale == "htk",
+        norm="slaney",
+    )[:, :n_fft]
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
 
 
 def test_log_mel_matches_reference(spec: FeatureSpec) -> None:
     scenes = generate_scenes(3, seed=11, spec=spec)
-    normalised = FeatureSpec.model_validate({**spec.model_dump(), "norm_mean_db": -120.0,
-                                             "norm_std_db": 17.0})
+    normalised = FeatureSpec.model_validate(
+        {**spec.model_dump(), "norm_mean_db": -120.0, "norm_std_db": 17.0}
+    )
     ours = preprocess(scenes.iq, normalised)
     assert ours.shape == (3, 5, 128, 32) and ours.dtype == np.float32
     for i in range(3):
-        np.testing.assert_allclose(ours[i], reference_log_mel(scenes.iq[i], normalised),
-                                   atol=2e-4, rtol=0)
+        np.testing.assert_allclose(
+            ours[i], reference_log_mel(scenes.iq[i], normalised), atol=2e-4, rtol=0
+        )
 
 
 def test_no_mel_band_is_empty(spec: FeatureSpec) -> None:
@@ -114,8 +139,7 @@ def test_single_capture_repeated_when_spec_allows(spec: FeatureSpec) -> None:
         (lambda s: np.ones((5, 9000), np.int16), "must be complex IQ"),
         (lambda s: np.ones((1, 2, 5, 9000), np.complex64), "got 4 dimensions"),
         (lambda s: _with(np.ones((5, 9000), np.complex64), (2, 7), np.nan), "NaN or infinite"),
-        (lambda s: _with(np.ones((5, 9000), np.complex64), (0, 0), 1j * np.inf),
-         "NaN or infinite"),
+        (lambda s: _with(np.ones((5, 9000), np.complex64), (0, 0), 1j * np.inf), "NaN or infinite"),
     ],
 )
 def test_bad_captures_raise_one_typed_error(spec: FeatureSpec, make, message: str) -> None:
@@ -160,15 +184,25 @@ def test_spec_round_trips_and_validates(tmp_path, spec: FeatureSpec) -> None:
         FeatureSpec.model_validate({**spec.model_dump(), "unknown_field": 1})
 
 
-small_spec = FeatureSpec(n_fft=64, hop_length=32, n_mels=8, n_frames=4,
-                         receivers=(Receiver(name="a", latitude=0.0, longitude=0.0),
-                                    Receiver(name="b", latitude=1.0, longitude=1.0)))
+small_spec = FeatureSpec(
+    n_fft=64,
+    hop_length=32,
+    n_mels=8,
+    n_frames=4,
+    receivers=(
+        Receiver(name="a", latitude=0.0, longitude=0.0),
+        Receiver(name="b", latitude=1.0, longitude=1.0),
+    ),
+)
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(real=arrays(np.float32, st.tuples(st.integers(1, 3), st.just(2), st.integers(64, 200)),
-                   elements=finite))
+@given(
+    real=arrays(
+        np.float32, st.tuples(st.integers(1, 3), st.just(2), st.integers(64, 200)), elements=finite
+    )
+)
 def test_any_finite_capture_gives_finite_input(real: np.ndarray) -> None:
     iq = (real + 1j * real[..., ::-1]).astype(np.complex64)
     out = preprocess(iq, small_spec)
@@ -184,8 +218,11 @@ def test_features_are_finite_and_exact_over_float32s_whole_range(amplitude: floa
     rng = np.random.default_rng(3)
     unit = rng.standard_normal((5, spec.samples_per_capture, 2))
     unit /= np.abs(unit).max()
-    capture = iq_pairs_to_complex(unit * np.float32(amplitude)) if amplitude < 3.4e38 else \
-        iq_pairs_to_complex((unit * 3e38).astype(np.float32))
+    capture = (
+        iq_pairs_to_complex(unit * np.float32(amplitude))
+        if amplitude < 3.4e38
+        else iq_pairs_to_complex((unit * 3e38).astype(np.float32))
+    )
     got = preprocess(capture, spec)[0]
     assert got.dtype == np.float32 and np.isfinite(got).all()
     np.testing.assert_allclose(got, reference_log_mel(capture, spec), atol=2e-3, rtol=1e-5)

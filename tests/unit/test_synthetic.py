@@ -59,8 +59,9 @@ def test_iq_carries_the_link_budget(spec: FeatureSpec) -> None:
     cfg = SceneConfig(shadowing_sigma_db=0.0)
     s = generate_scenes(50, seed=4, spec=spec, config=cfg)
     measured_dbm = 10 * np.log10(np.mean(np.abs(s.iq) ** 2, axis=-1)) + cfg.full_scale_dbm
-    expected_rx = s.tx_power_dbm[:, None] - path_loss_db(s.distance_km, spec.center_frequency_hz,
-                                                         cfg)
+    expected_rx = s.tx_power_dbm[:, None] - path_loss_db(
+        s.distance_km, spec.center_frequency_hz, cfg
+    )
     expected_total = 10 * np.log10(10 ** (expected_rx / 10) + 10 ** (s.noise_power_dbm / 10))
     np.testing.assert_allclose(measured_dbm, expected_total, atol=0.1)
     # thermal noise over 12 kHz with a 6 dB noise figure

@@ -1,4 +1,5 @@
-"""Ellipse conventions (docs/api.md §5): analytic cases, Monte Carlo coverage, geodesy, properties."""
+"""Ellipse conventions (docs/api.md §5): analytic cases, Monte Carlo coverage, geodesy,
+properties."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from geographiclib.geodesic import Geodesic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from utils.geo.geojson import ellipse_feature, signed_area
 from utils.geo.ellipse import (
     ONE_SIGMA_PROBABILITY,
     EllipseParams,
@@ -24,6 +24,7 @@ from utils.geo.ellipse import (
     sigmas_deg_to_m,
     sigmas_m_to_deg,
 )
+from utils.geo.geojson import ellipse_feature, signed_area
 
 
 def test_known_k_values() -> None:
@@ -108,8 +109,10 @@ def _inside(points: np.ndarray, e: EllipseParams) -> np.ndarray:
 
 
 @pytest.mark.parametrize("p", [ONE_SIGMA_PROBABILITY, 0.5, 0.9, 0.95, 0.99])
-@pytest.mark.parametrize(("sx", "sy", "rho"), [(100.0, 100.0, 0.0), (300.0, 100.0, 0.6),
-                                               (50.0, 500.0, -0.8), (1000.0, 100.0, 0.95)])
+@pytest.mark.parametrize(
+    ("sx", "sy", "rho"),
+    [(100.0, 100.0, 0.0), (300.0, 100.0, 0.6), (50.0, 500.0, -0.8), (1000.0, 100.0, 0.95)],
+)
 def test_monte_carlo_coverage(p: float, sx: float, sy: float, rho: float) -> None:
     rng = np.random.default_rng(12345)
     cov = np.array([[sx * sx, rho * sx * sy], [rho * sx * sy, sy * sy]])
@@ -142,8 +145,9 @@ def _radius_at(e: EllipseParams, bearing_deg: float) -> float:
         (-10.0, -179.9, 60_000.0, 20_000.0, -0.5),  # across it from the west
     ],
 )
-def test_vertices_lie_on_the_geodesic_ellipse(lat: float, lon: float, sx: float, sy: float,
-                                              rho: float) -> None:
+def test_vertices_lie_on_the_geodesic_ellipse(
+    lat: float, lon: float, sx: float, sy: float, rho: float
+) -> None:
     e = covariance_ellipse(sx, sy, rho, 0.95)
     feature = ellipse_feature(lat, lon, e, 64)
     assert feature["type"] == "Feature"
@@ -198,12 +202,17 @@ def test_bad_ellipse_input_names_the_argument(kwargs: dict, field: str) -> None:
 
 @pytest.mark.parametrize(
     ("lat", "lon", "points", "field"),
-    [(91.0, 0.0, 64, "latitude"), (float("nan"), 0.0, 64, "latitude"),
-     (0.0, float("inf"), 64, "longitude"), (0.0, 0.0, 3, "num_points"),
-     (0.0, 0.0, 100_000, "num_points")],
+    [
+        (91.0, 0.0, 64, "latitude"),
+        (float("nan"), 0.0, 64, "latitude"),
+        (0.0, float("inf"), 64, "longitude"),
+        (0.0, 0.0, 3, "num_points"),
+        (0.0, 0.0, 100_000, "num_points"),
+    ],
 )
-def test_bad_geojson_input_names_the_argument(lat: float, lon: float, points: int,
-                                              field: str) -> None:
+def test_bad_geojson_input_names_the_argument(
+    lat: float, lon: float, points: int, field: str
+) -> None:
     with pytest.raises(UncertaintyInputError) as info:
         ellipse_feature(lat, lon, covariance_ellipse(10.0, 10.0), points)
     assert info.value.field == field
@@ -226,8 +235,13 @@ def test_ellipse_properties(sx: float, sy: float, rho: float, p: float) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(lat=st.floats(-89.0, 89.0), lon=st.floats(-180.0, 180.0),
-       sx=st.floats(1.0, 300_000.0), sy=st.floats(1.0, 300_000.0), rho=rhos)
+@given(
+    lat=st.floats(-89.0, 89.0),
+    lon=st.floats(-180.0, 180.0),
+    sx=st.floats(1.0, 300_000.0),
+    sy=st.floats(1.0, 300_000.0),
+    rho=rhos,
+)
 def test_geojson_is_always_valid(lat: float, lon: float, sx: float, sy: float, rho: float) -> None:
     geometry = ellipse_feature(lat, lon, covariance_ellipse(sx, sy, rho, 0.95), 32)["geometry"]
     for ring in _ring_points(geometry):

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from utils.dsp.feature_spec import FeatureSpec
 from utils.api.errors import InvalidField
+from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.preprocessing import peak_amplitude
 from utils.model.quality import MAX_DB_OVER_FULL_SCALE, max_amplitude
 
@@ -39,11 +39,15 @@ def _finish(iq: np.ndarray, spec: FeatureSpec, max_samples: int, field: str) -> 
     channels, samples = iq.shape
     if channels != spec.n_channels and not (channels == 1 and _single_capture_allowed(spec)):
         names = ", ".join(r.name for r in spec.receivers)
-        raise InvalidField(field, f"expected {spec.n_channels} receiver captures ({names}), got {channels}")
+        raise InvalidField(
+            field, f"expected {spec.n_channels} receiver captures ({names}), got {channels}"
+        )
     if samples > max_samples:
         raise InvalidField(field, f"{samples} samples per receiver, at most {max_samples} accepted")
     if samples < spec.n_fft:
-        raise InvalidField(field, f"{samples} samples per receiver, at least {spec.n_fft} (one frame) needed")
+        raise InvalidField(
+            field, f"{samples} samples per receiver, at least {spec.n_fft} (one frame) needed"
+        )
     iq = iq[:, : spec.samples_per_capture]
     check_amplitude(iq, spec, field)
     if channels != spec.n_channels:
@@ -56,31 +60,43 @@ def check_amplitude(iq: np.ndarray, spec: FeatureSpec, field: str) -> None:
     above full scale); silence and everything in between are the model's to answer."""
     peak = peak_amplitude(iq)
     if not np.isfinite(peak):
-        raise InvalidField(field, f"contains NaN or infinite values")
+        raise InvalidField(field, "contains NaN or infinite values")
     limit = max_amplitude(spec)
     if peak > limit:
-        raise InvalidField(field, f"a sample of magnitude {peak:.3g} is more than "
+        raise InvalidField(
+            field,
+            f"a sample of magnitude {peak:.3g} is more than "
             f"{MAX_DB_OVER_FULL_SCALE:.0f} dB above full scale ({np.sqrt(spec.db_reference):g});"
             f" no receiver records that, at most {limit:.3g} is accepted: scale the samples "
-            "so that full scale is 1.0")
+            "so that full scale is 1.0",
+        )
 
 
-def decode_iq_data(value: list[Any], spec: FeatureSpec, max_samples: int,
-                   field: str = "iq_data") -> np.ndarray:
+def decode_iq_data(
+    value: list[Any], spec: FeatureSpec, max_samples: int, field: str = "iq_data"
+) -> np.ndarray:
     """`[[I, Q], ...]` or `[[[I, Q], ...], ...]` -> canonical complex64 `[channels, samples]`."""
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError):
-        raise InvalidField(field, f"ragged nesting: every receiver needs the same number of [I, Q] pairs, "
-            "each a list of two numbers") from None
+        raise InvalidField(
+            field,
+            "ragged nesting: every receiver needs the same number of [I, Q] pairs, "
+            "each a list of two numbers",
+        ) from None
     if arr.dtype.kind not in "fiu":
-        raise InvalidField(field, f"IQ values must be numbers, got "
-                                  f"{'booleans' if arr.dtype.kind == 'b' else 'other values'}")
+        raise InvalidField(
+            field,
+            f"IQ values must be numbers, got "
+            f"{'booleans' if arr.dtype.kind == 'b' else 'other values'}",
+        )
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise InvalidField(field, f"expected [[I, Q], ...] or [[[I, Q], ...], ...], got {arr.ndim} levels of "
-            "nesting")
+        raise InvalidField(
+            field,
+            f"expected [[I, Q], ...] or [[[I, Q], ...], ...], got {arr.ndim} levels of nesting",
+        )
     if arr.shape[-1] != 2:
         raise InvalidField(field, f"each sample must be an [I, Q] pair, got {arr.shape[-1]} values")
     floats = arr.astype(np.float32)
@@ -89,8 +105,9 @@ def decode_iq_data(value: list[Any], spec: FeatureSpec, max_samples: int,
     return _finish(iq, spec, max_samples, field)
 
 
-def decode_iq_b64(text: str, spec: FeatureSpec, max_samples: int,
-                  field: str = "iq_b64") -> np.ndarray:
+def decode_iq_b64(
+    text: str, spec: FeatureSpec, max_samples: int, field: str = "iq_b64"
+) -> np.ndarray:
     """base64 little-endian complex64 `[channels, samples]` -> canonical capture.
 
     The sample count is split evenly across the spec's receivers; where a single capture is
@@ -99,18 +116,24 @@ def decode_iq_b64(text: str, spec: FeatureSpec, max_samples: int,
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidField(field, f"not valid base64") from None
+        raise InvalidField(field, "not valid base64") from None
     if len(raw) == 0 or len(raw) % COMPLEX64_BYTES:
-        raise InvalidField(field, f"{len(raw)} bytes is not a whole, non-zero number of complex64 samples "
-            f"({COMPLEX64_BYTES} bytes each)")
+        raise InvalidField(
+            field,
+            f"{len(raw)} bytes is not a whole, non-zero number of complex64 samples "
+            f"({COMPLEX64_BYTES} bytes each)",
+        )
     flat = np.frombuffer(raw, dtype="<c8")
     if flat.size % spec.n_channels == 0:
         iq = flat.reshape(spec.n_channels, -1)
     elif _single_capture_allowed(spec):
         iq = flat.reshape(1, -1)
     else:
-        raise InvalidField(field, f"{flat.size} complex64 samples do not split into {spec.n_channels} "
-            "receiver captures of equal length")
+        raise InvalidField(
+            field,
+            f"{flat.size} complex64 samples do not split into {spec.n_channels} "
+            "receiver captures of equal length",
+        )
     return _finish(iq.astype(np.complex64, copy=False), spec, max_samples, field)
 
 

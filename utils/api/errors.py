@@ -43,8 +43,9 @@ class BrokenModel(Exception):
         super().__init__(f"{field}: {error}")
 
 
-def error_body(message: str, field: str | None, status: int,
-               headers: dict[str, str] | None = None) -> JSONResponse:
+def error_body(
+    message: str, field: str | None, status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
 
 
@@ -52,14 +53,22 @@ def to_response(exc: Exception, model_tag: str) -> JSONResponse:
     """The response (and the metric) for every error an API method lets through."""
     if isinstance(exc, Overloaded):  # the expected wait as Retry-After: when to come back
         metrics.OVERLOADED.inc()
-        return error_body(f"overloaded: {exc}; retry after {exc.retry_after_s:.1f} s", None,
-                          503, {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+        return error_body(
+            f"overloaded: {exc}; retry after {exc.retry_after_s:.1f} s",
+            None,
+            503,
+            {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+        )
     if isinstance(exc, BrokenModel):  # the model is at fault: 5xx naming it and the sample
         metrics.ERRORS.labels("model_output").inc()
         reason = str(exc.error).split(": ", 1)[1]
         log.error("model %s returned invalid outputs (%s) for %s", model_tag, reason, exc.field)
-        return error_body(f"model {model_tag} returned invalid outputs ({reason}) for "
-                          f"{exc.field}: the model is broken, not the request", None, 500)
+        return error_body(
+            f"model {model_tag} returned invalid outputs ({reason}) for "
+            f"{exc.field}: the model is broken, not the request",
+            None,
+            500,
+        )
     if isinstance(exc, InvalidField):
         metrics.ERRORS.labels("too_many_items" if exc.status == 413 else "invalid_input").inc()
         return error_body(str(exc), exc.field, exc.status)

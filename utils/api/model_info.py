@@ -9,8 +9,15 @@ from utils.model.runtime import ModelRuntime
 from utils.serving import metrics
 
 
-def describe(runtime: ModelRuntime, *, tag: str, tag_name: str, tag_version: str,
-             created_at: str, loaded_at: str) -> ModelInfo:
+def describe(
+    runtime: ModelRuntime,
+    *,
+    tag: str,
+    tag_name: str,
+    tag_version: str,
+    created_at: str,
+    loaded_at: str,
+) -> ModelInfo:
     meta = runtime.metadata
     training = meta.metrics
     count, avg_ms, hit_rate = metrics.service_stats()
@@ -27,7 +34,8 @@ def describe(runtime: ModelRuntime, *, tag: str, tag_name: str, tag_version: str
         feature_spec_source=runtime.spec_source,
         accuracy_meters=training.get("accuracy_meters"),
         training_samples=int(training["training_samples"])
-        if "training_samples" in training else None,
+        if "training_samples" in training
+        else None,
         last_reloaded=loaded_at,
         inference_count=count,
         avg_latency_ms=avg_ms,

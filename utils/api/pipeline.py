@@ -26,9 +26,17 @@ from utils.api.decoding import (
 from utils.api.errors import BrokenModel, InvalidField
 from utils.api.responses import ModelOutputError, build_predictions, utc_now
 from utils.api.schemas import PredictBatchRequest, PredictionResponse, PredictRequest
+from utils.config import Settings
 from utils.model.runtime import ModelRuntime, RawPredictions
 from utils.serving import metrics
-from utils.serving.cache import PredictionCache, cache_key, decode_value, encode_value
+from utils.serving.batching import Batcher, make_batcher
+from utils.serving.cache import (
+    PredictionCache,
+    cache_key,
+    decode_value,
+    encode_value,
+    make_cache,
+)
 
 #: Batched inference over canonical captures, one raw result dict per capture, same order.
 Dispatch = Callable[[list[np.ndarray], str | None], Awaitable[list[dict[str, Any]]]]
@@ -62,16 +70,27 @@ def infer_canonical(runtime: ModelRuntime, texts: list[str]) -> list[dict[str, A
         except (ValueError, TypeError):  # InvalidCaptureError is a ValueError
             decoded.append(None)
     results = iter(infer_batch(runtime, [c for c in decoded if c is not None]))
-    return [next(results) if c is not None else {"error": "not a valid canonical capture"}
-            for c in decoded]
+    return [
+        next(results) if c is not None else {"error": "not a valid canonical capture"}
+        for c in decoded
+    ]
 
 
 class Pipeline:
     """Decode, cache and dispatch for `/predict` and `/predict_batch` of one worker."""
 
-    def __init__(self, runtime: ModelRuntime, cache: PredictionCache, dispatch: Dispatch, *,
-                 model_version: str, cache_prefix: str, max_samples: int,
-                 max_batch_items: int) -> None:
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        cache: PredictionCache,
+        dispatch: Dispatch,
+        *,
+        model_version: str,
+        cache_prefix: str,
+        max_samples: int,
+        max_batch_items: int,
+        batcher: Batcher | None = None,
+    ) -> None:
         self.runtime = runtime
         self.cache = cache
         self.dispatch = dispatch
@@ -79,6 +98,54 @@ class Pipeline:
         self.cache_prefix = cache_prefix
         self.max_samples = max_samples
         self.max_batch_items = max_batch_items
+        self.batcher = batcher
+
+    @classmethod
+    def build(
+        cls,
+        runtime: ModelRuntime,
+        settings: Settings,
+        model_version: str,
+        infer_api: Callable[[list[str]], Awaitable[list[dict[str, Any]]]],
+    ) -> Pipeline:
+        """The worker's pipeline as configured: its batcher (`BATCH_DISPATCH`; none for
+        `proxy`, which goes through the batchable `infer_api`) and its cache."""
+        batcher = make_batcher(
+            settings.batch_dispatch,
+            lambda captures: infer_batch(runtime, captures),
+            max_batch_size=settings.batch_max_size,
+            max_latency_ms=settings.batch_max_latency_ms,
+            wait_budget_s=settings.batch_wait_budget_s,
+            queue_delay_s=settings.batch_queue_delay_ms / 1000.0,
+            observer=metrics.observe_batch,
+        )
+        cache = make_cache(
+            settings.redis_url,
+            settings.cache_ttl_seconds,
+            settings.cache_max_entries,
+            settings.redis_timeout_ms,
+        )
+        dispatch = batcher_dispatch(batcher.submit) if batcher else proxy_dispatch(infer_api)
+        return cls(
+            runtime,
+            cache,
+            dispatch,
+            model_version=model_version,
+            cache_prefix=settings.cache_key_prefix,
+            max_samples=settings.max_samples_per_capture,
+            max_batch_items=settings.max_batch_items,
+            batcher=batcher,
+        )
+
+    async def start(self) -> None:
+        """On the worker's own event loop: the Redis pool belongs to it."""
+        await self.cache.start()
+
+    async def close(self) -> None:
+        """Run what is queued, then close the cache."""
+        if self.batcher is not None:
+            await self.batcher.shutdown()
+        await self.cache.close()
 
     # --- decoding ----------------------------------------------------------------------------
     async def decode_one(self, req: PredictRequest) -> np.ndarray:
@@ -86,15 +153,17 @@ class Pipeline:
         if req.iq_b64 is not None:
             return decode_iq_b64(req.iq_b64, spec, self.max_samples)
         # the heavy path: off the event loop so the batcher keeps dispatching
-        return await anyio.to_thread.run_sync(decode_iq_data, req.iq_data or [], spec,
-                                              self.max_samples)
+        return await anyio.to_thread.run_sync(
+            decode_iq_data, req.iq_data or [], spec, self.max_samples
+        )
 
     async def decode_many(self, req: PredictBatchRequest) -> tuple[list[np.ndarray], str]:
         items: list[Any] = list(req.iq_b64_samples or req.iq_samples or [])
         field = "iq_b64_samples" if req.iq_b64_samples is not None else "iq_samples"
         if len(items) > self.max_batch_items:
-            raise InvalidField(field, f"{len(items)} items, at most {self.max_batch_items} "
-                                      "per request", status=413)
+            raise InvalidField(
+                field, f"{len(items)} items, at most {self.max_batch_items} per request", status=413
+            )
         decode = decode_iq_b64 if field == "iq_b64_samples" else decode_iq_data
         spec, limit = self.runtime.spec, self.max_samples
 
@@ -104,15 +173,28 @@ class Pipeline:
         return await anyio.to_thread.run_sync(all_items), field
 
     # --- prediction --------------------------------------------------------------------------
-    async def predict(self, captures: list[np.ndarray], req: PredictRequest | PredictBatchRequest,
-                      started: float, field: str) -> list[PredictionResponse]:
+    async def predict(
+        self,
+        captures: list[np.ndarray],
+        req: PredictRequest | PredictBatchRequest,
+        started: float,
+        field: str,
+    ) -> list[PredictionResponse]:
         """Cache lookup, batched inference of the misses, cache fill; request order kept.
         `field` names the request field the captures came from, for a broken-model error."""
         keys: list[str] = []
         cached: list[bytes | None] = [None] * len(captures)
         if req.cache_enabled:
-            keys = [cache_key(self.cache_prefix, self.runtime.sha256, c.data,
-                              req.confidence_level, req.include_geojson) for c in captures]
+            keys = [
+                cache_key(
+                    self.cache_prefix,
+                    self.runtime.sha256,
+                    c.data,
+                    req.confidence_level,
+                    req.include_geojson,
+                )
+                for c in captures
+            ]
             cached = await self.cache.get_many(keys)
         else:
             metrics.CACHE_BYPASS.inc(len(captures))
@@ -121,9 +203,13 @@ class Pipeline:
             if raw is None:
                 continue
             try:
-                out[i] = PredictionResponse(**decode_value(raw), cache_hit=True,
-                                            session_id=req.session_id, timestamp=utc_now(),
-                                            inference_time_ms=0.0)
+                out[i] = PredictionResponse(
+                    **decode_value(raw),
+                    cache_hit=True,
+                    session_id=req.session_id,
+                    timestamp=utc_now(),
+                    inference_time_ms=0.0,
+                )
             except (ValueError, TypeError):  # garbage in the cache: a miss, and counted
                 metrics.CACHE_ERRORS.labels("decode").inc()
         misses = [i for i, r in enumerate(out) if r is None]
@@ -137,15 +223,20 @@ class Pipeline:
                 fresh = self._responses(results, req, started)
             except ModelOutputError as exc:  # attribute it to the request's own index
                 index = misses[exc.index]
-                raise BrokenModel(ModelOutputError(index, str(exc).split(": ", 1)[1]),
-                                  field if isinstance(req, PredictRequest)
-                                  else f"{field}[{index}]") from None
+                raise BrokenModel(
+                    ModelOutputError(index, str(exc).split(": ", 1)[1]),
+                    field if isinstance(req, PredictRequest) else f"{field}[{index}]",
+                ) from None
             for i, response in zip(misses, fresh, strict=True):
                 out[i] = response
             if req.cache_enabled:  # only fixes: a no_fix answer is never served from cache
-                await self.cache.set_many([(keys[i], encode_value(out[i].model_dump(mode="json")))
-                                           for i in misses
-                                           if out[i] is not None and out[i].quality == "fix"])
+                await self.cache.set_many(
+                    [
+                        (keys[i], encode_value(out[i].model_dump(mode="json")))
+                        for i in misses
+                        if out[i] is not None and out[i].quality == "fix"
+                    ]
+                )
         elapsed_ms = 1000.0 * (time.perf_counter() - started)
         final = [r for r in out if r is not None]
         for response in final:
@@ -153,31 +244,59 @@ class Pipeline:
                 response.inference_time_ms = elapsed_ms
         return final
 
-    def _responses(self, results: list[dict[str, Any]], req: PredictRequest | PredictBatchRequest,
-                   started: float) -> list[PredictionResponse]:
+    async def predict_one(self, req: PredictRequest, started: float) -> PredictionResponse:
+        """`/predict`: decode, then the shared path."""
+        capture = await self.decode_one(req)
+        metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
+        field = "iq_b64" if req.iq_b64 is not None else "iq_data"
+        (response,) = await self.predict([capture], req, started, field)
+        return response
+
+    async def predict_many(
+        self, req: PredictBatchRequest, started: float
+    ) -> list[PredictionResponse]:
+        """`/predict_batch`: decode every item (errors name `field[i]`), then the shared path."""
+        captures, field = await self.decode_many(req)
+        metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
+        return await self.predict(captures, req, started, field)
+
+    def _responses(
+        self,
+        results: list[dict[str, Any]],
+        req: PredictRequest | PredictBatchRequest,
+        started: float,
+    ) -> list[PredictionResponse]:
         if any("error" in r for r in results):  # cannot happen for captures decoded above
             metrics.ERRORS.labels("internal").inc()
             raise RuntimeError("batched inference rejected a validated capture")
         return build_predictions(
-            RawPredictions.stack(results), spec=self.runtime.spec,
-            envelope=self.runtime.envelope, confidence_level=req.confidence_level,
-            include_geojson=req.include_geojson, model_version=self.model_version,
+            RawPredictions.stack(results),
+            spec=self.runtime.spec,
+            envelope=self.runtime.envelope,
+            confidence_level=req.confidence_level,
+            include_geojson=req.include_geojson,
+            model_version=self.model_version,
             inference_time_ms=1000.0 * (time.perf_counter() - started),
-            session_id=req.session_id)
+            session_id=req.session_id,
+        )
 
 
 def batcher_dispatch(submit: Callable[[np.ndarray], Awaitable[dict[str, Any]]]) -> Dispatch:
     """Dispatch through an in-worker batcher (greedy or CORK): one submit per capture."""
+
     async def dispatch(captures: list[np.ndarray], _verbatim: str | None) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(submit(c) for c in captures)))
+
     return dispatch
 
 
 def proxy_dispatch(infer: Callable[[list[str]], Awaitable[list[dict[str, Any]]]]) -> Dispatch:
     """Dispatch through the batchable `infer` API: captures travel as base64; a single
     `iq_b64` capture that is already canonical is forwarded as sent, not re-encoded."""
+
     async def dispatch(captures: list[np.ndarray], verbatim: str | None) -> list[dict[str, Any]]:
         if verbatim and len(captures) == 1 and is_verbatim(captures[0], verbatim):
             return list(await infer([verbatim]))
         return list(await infer([encode_capture(c) for c in captures]))
+
     return dispatch

@@ -1,4 +1,4 @@
-"""Model outputs -> `PredictionResponse`: units, ellipse and GeoJSON by docs/api.md §5, and a verdict.
+"""Model outputs -> `PredictionResponse`: units, ellipse and GeoJSON (docs/api.md §5), a verdict.
 
 Kept apart from the service so the exact response can be computed (and tested) without a
 server.  Model outputs are checked, never patched into confidence: a non-finite position or
@@ -15,11 +15,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from utils.dsp.feature_spec import FeatureSpec
-from utils.geo.geojson import ellipse_feature
-from utils.model.runtime import RawPredictions
-from utils.model.quality import FixEnvelope, assess
 from utils.api.schemas import Ellipse, Position, PredictionResponse, Uncertainty
+from utils.dsp.feature_spec import FeatureSpec
 from utils.geo.ellipse import (
     MAX_DRAWABLE_M,
     MIN_SIGMA_M,
@@ -29,6 +26,9 @@ from utils.geo.ellipse import (
     ellipse_axes,
     model_uncertainty_to_metres,
 )
+from utils.geo.geojson import ellipse_feature
+from utils.model.quality import FixEnvelope, assess
+from utils.model.runtime import RawPredictions
 
 MAX_ABS_RHO = 0.999_999
 
@@ -53,8 +53,10 @@ def check_outputs(raw: RawPredictions) -> None:
         (~np.isfinite(u).all(axis=1), "non-finite uncertainties"),
         (~(u[:, :2] > 0.0).all(axis=1), "sigma <= 0"),
         (np.abs(u[:, 2]) > 1.0 if u.shape[1] == 3 else np.zeros(len(u), bool), "|rho| > 1"),
-        (~np.isfinite(raw.confidence) if raw.confidence is not None else
-         np.zeros(len(u), bool), "non-finite confidence"),
+        (
+            ~np.isfinite(raw.confidence) if raw.confidence is not None else np.zeros(len(u), bool),
+            "non-finite confidence",
+        ),
     )
     for bad, what in checks:
         if bad.any():
@@ -83,40 +85,60 @@ def build_predictions(
     rho = np.clip(rho, -MAX_ABS_RHO, MAX_ABS_RHO)
     a, b, theta, area = ellipse_axes(sx, sy, rho, confidence_level)
     one_sigma_major, _, _, _ = ellipse_axes(sx, sy, rho, ONE_SIGMA_PROBABILITY)
-    verdicts = assess(lat, lon, one_sigma_major, raw.power_db, raw.spread_db, raw.frames,
-                      envelope, spec)
+    verdicts = assess(
+        lat, lon, one_sigma_major, raw.power_db, raw.spread_db, raw.frames, envelope, spec
+    )
     stamp = utc_now()
     out = []
     for i in range(lat.shape[0]):
-        params = EllipseParams(float(a[i]), float(b[i]), float(theta[i]), float(area[i]),
-                               confidence_level)
+        params = EllipseParams(
+            float(a[i]), float(b[i]), float(theta[i]), float(area[i]), confidence_level
+        )
         warnings = list(verdicts[i].warnings)
         geojson = None
         if include_geojson and drawable(params.semi_major_m):
-            geojson = ellipse_feature(float(lat[i]), float(lon[i]), params, num_points,
-                                      {"sigma_x_m": float(sx[i]), "sigma_y_m": float(sy[i]),
-                                       "rho": float(rho[i])})
+            geojson = ellipse_feature(
+                float(lat[i]),
+                float(lon[i]),
+                params,
+                num_points,
+                {"sigma_x_m": float(sx[i]), "sigma_y_m": float(sy[i]), "rho": float(rho[i])},
+            )
         elif include_geojson:
-            warnings.append(f"GeoJSON omitted: the ellipse's semi-major axis "
-                            f"({params.semi_major_m / 1000:.4g} km) is larger than the "
-                            f"{MAX_DRAWABLE_M / 1000:.0f} km an ellipse can span on the "
-                            "ellipsoid")
-        out.append(PredictionResponse(
-            position=Position(latitude=float(lat[i]), longitude=float(lon[i])),
-            uncertainty=Uncertainty(sigma_x=float(sx[i]), sigma_y=float(sy[i]),
-                                    rho=float(rho[i]), theta=float(theta[i]),
-                                    confidence_interval=ONE_SIGMA_PROBABILITY),
-            ellipse=Ellipse(semi_major_m=params.semi_major_m, semi_minor_m=params.semi_minor_m,
-                            orientation_deg=params.orientation_deg, area_m2=params.area_m2,
-                            confidence_level=confidence_level, geojson=geojson),
-            quality=verdicts[i].quality,
-            warnings=warnings,
-            confidence=None if raw.confidence is None else
-            float(np.clip(raw.confidence[i], 0.0, 1.0)),
-            model_version=model_version,
-            inference_time_ms=inference_time_ms,
-            cache_hit=cache_hit,
-            session_id=session_id,
-            timestamp=stamp,
-        ))
+            warnings.append(
+                f"GeoJSON omitted: the ellipse's semi-major axis "
+                f"({params.semi_major_m / 1000:.4g} km) is larger than the "
+                f"{MAX_DRAWABLE_M / 1000:.0f} km an ellipse can span on the "
+                "ellipsoid"
+            )
+        out.append(
+            PredictionResponse(
+                position=Position(latitude=float(lat[i]), longitude=float(lon[i])),
+                uncertainty=Uncertainty(
+                    sigma_x=float(sx[i]),
+                    sigma_y=float(sy[i]),
+                    rho=float(rho[i]),
+                    theta=float(theta[i]),
+                    confidence_interval=ONE_SIGMA_PROBABILITY,
+                ),
+                ellipse=Ellipse(
+                    semi_major_m=params.semi_major_m,
+                    semi_minor_m=params.semi_minor_m,
+                    orientation_deg=params.orientation_deg,
+                    area_m2=params.area_m2,
+                    confidence_level=confidence_level,
+                    geojson=geojson,
+                ),
+                quality=verdicts[i].quality,
+                warnings=warnings,
+                confidence=None
+                if raw.confidence is None
+                else float(np.clip(raw.confidence[i], 0.0, 1.0)),
+                model_version=model_version,
+                inference_time_ms=inference_time_ms,
+                cache_hit=cache_hit,
+                session_id=session_id,
+                timestamp=stamp,
+            )
+        )
     return out

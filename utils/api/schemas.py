@@ -21,21 +21,26 @@ from utils.geo.ellipse import (
 
 _PAIR = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 _CAPTURE = {"type": "array", "items": _PAIR, "description": "one receiver: [[I, Q], ...]"}
-_AMPLITUDE = ("Samples are in full-scale units (full scale 1.0); every value must be finite and "
-              "at most 1e6 in magnitude (120 dB above full scale, beyond any receiver): larger "
-              "values are refused with 400 naming the field.")
+_AMPLITUDE = (
+    "Samples are in full-scale units (full scale 1.0); every value must be finite and "
+    "at most 1e6 in magnitude (120 dB above full scale, beyond any receiver): larger "
+    "values are refused with 400 naming the field."
+)
 IQ_DATA_SCHEMA: dict[str, Any] = {
     "description": "IQ as [[I, Q], ...] (one receiver) or [[[I, Q], ...], ...] (one capture "
-                   "per receiver, in the feature spec's receiver order). " + _AMPLITUDE,
+    "per receiver, in the feature spec's receiver order). " + _AMPLITUDE,
     "oneOf": [_CAPTURE, {"type": "array", "items": _CAPTURE}],
 }
 
 IQData = Annotated[list[Any], WithJsonSchema(IQ_DATA_SCHEMA)]
-IQBase64 = Annotated[str, Field(
-    min_length=1,
-    description="base64 of little-endian complex64 samples, shape [channels, samples] "
-                "row-major. " + _AMPLITUDE,
-)]
+IQBase64 = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="base64 of little-endian complex64 samples, shape [channels, samples] "
+        "row-major. " + _AMPLITUDE,
+    ),
+]
 Confidence = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
 
 
@@ -81,10 +86,12 @@ class Uncertainty(BaseModel):
     sigma_x: float = Field(description="1-sigma east error, metres")
     sigma_y: float = Field(description="1-sigma north error, metres")
     rho: float = Field(description="correlation of the east and north errors")
-    theta: float = Field(description="bearing of the semi-major axis, degrees clockwise from "
-                                     "true north, in [0, 180)")
-    confidence_interval: float = Field(description="probability held by the 1-sigma ellipse "
-                                                   "(0.393)")
+    theta: float = Field(
+        description="bearing of the semi-major axis, degrees clockwise from true north, in [0, 180)"
+    )
+    confidence_interval: float = Field(
+        description="probability held by the 1-sigma ellipse (0.393)"
+    )
 
 
 class Ellipse(BaseModel):
@@ -101,15 +108,18 @@ class PredictionResponse(BaseModel):
     uncertainty: Uncertainty
     ellipse: Ellipse
     quality: Literal["fix", "no_fix"] = Field(
-        description="\"fix\" when the answer is within what the model was trained to give; "
-                    "\"no_fix\" when it is not (too few receivers hear a signal, a level "
-                    "beyond training, a position outside the model's region, an uncertainty "
-                    "beyond what the model produces): the numbers are then the model's raw "
-                    "answer, not a position. A no_fix answer is never cached.")
-    warnings: list[str] = Field(default_factory=list,
-                                description="why the answer is not a fix, or what to be aware of")
-    confidence: float | None = Field(description="model confidence in [0, 1], null when the "
-                                                 "model has no confidence output")
+        description='"fix" when the answer is within what the model was trained to give; '
+        '"no_fix" when it is not (too few receivers hear a signal, a level '
+        "beyond training, a position outside the model's region, an uncertainty "
+        "beyond what the model produces): the numbers are then the model's raw "
+        "answer, not a position. A no_fix answer is never cached."
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="why the answer is not a fix, or what to be aware of"
+    )
+    confidence: float | None = Field(
+        description="model confidence in [0, 1], null when the model has no confidence output"
+    )
     model_version: str
     inference_time_ms: float
     cache_hit: bool
@@ -123,9 +133,12 @@ class BatchPredictionResponse(BaseModel):
     samples_per_second: float
 
 
-_DRAWABLE = (f"The ellipse at `confidence_level` must fit on the ellipsoid: its semi-major "
-             f"axis may not exceed {MAX_DRAWABLE_M:g} m (at 0.95, a 1-sigma of at most "
-             f"{MAX_DRAWABLE_M / float(confidence_scale(0.95)):.3g} m); a larger one is refused naming the larger sigma.")
+_DRAWABLE = (
+    f"The ellipse at `confidence_level` must fit on the ellipsoid: its semi-major "
+    f"axis may not exceed {MAX_DRAWABLE_M:g} m (at 0.95, a 1-sigma of at most "
+    f"{MAX_DRAWABLE_M / float(confidence_scale(0.95)):.3g} m); a larger one is refused "
+    "naming the larger sigma."
+)
 
 
 class EllipseRequest(BaseModel):
@@ -133,10 +146,18 @@ class EllipseRequest(BaseModel):
 
     latitude: float = Field(ge=-90.0, le=90.0, allow_inf_nan=False)
     longitude: float = Field(ge=-180.0, le=180.0, allow_inf_nan=False)
-    sigma_x: float = Field(ge=MIN_SIGMA_M, le=MAX_DRAWABLE_M, allow_inf_nan=False,
-                           description="1-sigma east, metres. " + _DRAWABLE)
-    sigma_y: float = Field(ge=MIN_SIGMA_M, le=MAX_DRAWABLE_M, allow_inf_nan=False,
-                           description="1-sigma north, metres. " + _DRAWABLE)
+    sigma_x: float = Field(
+        ge=MIN_SIGMA_M,
+        le=MAX_DRAWABLE_M,
+        allow_inf_nan=False,
+        description="1-sigma east, metres. " + _DRAWABLE,
+    )
+    sigma_y: float = Field(
+        ge=MIN_SIGMA_M,
+        le=MAX_DRAWABLE_M,
+        allow_inf_nan=False,
+        description="1-sigma north, metres. " + _DRAWABLE,
+    )
     rho: float = Field(default=0.0, gt=-1.0, lt=1.0, allow_inf_nan=False)
     confidence_level: Confidence = 0.95
     num_points: int = Field(default=64, ge=MIN_POINTS, le=MAX_POINTS)
@@ -162,5 +183,18 @@ class ModelInfo(BaseModel):
     warnings: list[str]
     fix_envelope: dict[str, Any] = Field(
         description="what a prediction must stay within to be a fix (`quality`): region, "
-                    "largest 1-sigma axis, strongest level, receivers that must hear a signal; "
-                    "`source` says whether it comes from the training metrics or the receivers")
+        "largest 1-sigma axis, strongest level, receivers that must hear a signal; "
+        "`source` says whether it comes from the training metrics or the receivers"
+    )
+
+
+#: Every model the API documents (the OpenAPI fix marks their optional fields nullable).
+API_MODELS: list[type[BaseModel]] = [
+    PredictionResponse,
+    BatchPredictionResponse,
+    Ellipse,
+    ModelInfo,
+    PredictRequest,
+    PredictBatchRequest,
+    EllipseRequest,
+]

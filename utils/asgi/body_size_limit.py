@@ -21,13 +21,21 @@ class BodySizeLimit:
         self.max_json_values = max_json_values
 
     async def _reject(self, send: Send, reason: str | None = None) -> None:
-        message = reason or (f"request body too large: the limit is {self.max_bytes} bytes "
-                             "(MAX_REQUEST_BYTES)")
+        message = reason or (
+            f"request body too large: the limit is {self.max_bytes} bytes (MAX_REQUEST_BYTES)"
+        )
         body = json.dumps({"error": message, "field": None}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -60,8 +68,10 @@ class BodySizeLimit:
                 if self.max_json_values is not None:
                     separators += chunk.count(b",")
                     if separators >= self.max_json_values:
-                        reason = (f"request body too large: more than {self.max_json_values} "
-                                  "JSON values (MAX_JSON_VALUES); send samples as iq_b64")
+                        reason = (
+                            f"request body too large: more than {self.max_json_values} "
+                            "JSON values (MAX_JSON_VALUES); send samples as iq_b64"
+                        )
                 if received > self.max_bytes or reason:
                     # answer now; to the app the client has gone away, and whatever it
                     # answers to that is dropped below

@@ -18,12 +18,18 @@ class GetAsPost:
         self.paths = frozenset(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "GET" or \
-                scope.get("path") not in self.paths:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "GET"
+            or scope.get("path") not in self.paths
+        ):
             await self.app(scope, receive, send)
             return
-        headers = [(k, v) for k, v in scope.get("headers", [])
-                   if k not in (b"content-type", b"content-length")]
+        headers = [
+            (k, v)
+            for k, v in scope.get("headers", [])
+            if k not in (b"content-type", b"content-length")
+        ]
         headers += [(b"content-type", b"application/json"), (b"content-length", b"2")]
         sent = False
 

@@ -19,9 +19,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 async def _refuse(send: Send, status: int, message: str) -> None:
     body = json.dumps({"error": message, "field": None}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -32,16 +39,22 @@ class JSONOnly:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") == "POST":
-            types = [value for name, value in scope.get("headers", [])
-                     if name == b"content-type"]
+            types = [value for name, value in scope.get("headers", []) if name == b"content-type"]
             if len(types) > 1:
-                await _refuse(send, 400, f"Content-Type: sent {len(types)} times; send the "
-                                         "header once (application/json)")
+                await _refuse(
+                    send,
+                    400,
+                    f"Content-Type: sent {len(types)} times; send the "
+                    "header once (application/json)",
+                )
                 return
             content_type = types[0].split(b";")[0].strip().lower() if types else b""
-            if scope.get("path") in self.paths and \
-                    content_type not in (b"application/json", b""):
-                await _refuse(send, 415, "Content-Type must be application/json, got "
-                                         f"{content_type.decode(errors='replace')[:100]}")
+            if scope.get("path") in self.paths and content_type not in (b"application/json", b""):
+                await _refuse(
+                    send,
+                    415,
+                    "Content-Type must be application/json, got "
+                    f"{content_type.decode(errors='replace')[:100]}",
+                )
                 return
         await self.app(scope, receive, send)

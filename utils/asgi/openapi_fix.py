@@ -17,7 +17,6 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DOCS_PATH = "/docs.json"
@@ -30,8 +29,9 @@ def nullable_fields(models: list[type[BaseModel]]) -> dict[str, set[str]]:
         names = set()
         for name, field in model.model_fields.items():
             annotation = field.annotation
-            if typing.get_origin(annotation) in (typing.Union, types.UnionType) and \
-                    type(None) in typing.get_args(annotation):
+            if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(
+                None
+            ) in typing.get_args(annotation):
                 names.add(name)
         for title in (model.__name__, f"{model.__name__}IODescriptor"):
             out[title] = names
@@ -76,10 +76,15 @@ def fix_spec(spec: dict[str, Any], nullable: dict[str, set[str]]) -> dict[str, A
     error = fixed.get("components", {}).get("schemas", {}).get("InvalidArgument")
     if isinstance(error, dict):
         props = error.setdefault("properties", {})
-        props["detail"] = {"title": "Error Detail",
-                           "description": "a message, or pydantic's list of field errors"}
-        props["field"] = {"type": "string", "nullable": True,
-                          "description": "the request field at fault"}
+        props["detail"] = {
+            "title": "Error Detail",
+            "description": "a message, or pydantic's list of field errors",
+        }
+        props["field"] = {
+            "type": "string",
+            "nullable": True,
+            "description": "the request field at fault",
+        }
     return fixed
 
 

@@ -105,8 +105,15 @@ class FeatureSpec(BaseModel):
     @property
     def filterbank(self) -> np.ndarray:
         """Mel weights `[n_fft, n_mels]` in float32, transposed for a right matmul (cached)."""
-        return _filterbank(self.sample_rate_hz, self.n_fft, self.n_mels, self.f_min_hz,
-                           self.f_max_hz, self.mel_scale, self.mel_norm == "slaney")
+        return _filterbank(
+            self.sample_rate_hz,
+            self.n_fft,
+            self.n_mels,
+            self.f_min_hz,
+            self.f_max_hz,
+            self.mel_scale,
+            self.mel_norm == "slaney",
+        )
 
     @property
     def window_values(self) -> np.ndarray:
@@ -126,10 +133,18 @@ class FeatureSpec(BaseModel):
 
 
 @lru_cache(maxsize=16)
-def _filterbank(sample_rate_hz: float, n_fft: int, n_mels: int, f_min_hz: float,
-                f_max_hz: float, scale: MelScale, slaney_norm: bool) -> np.ndarray:
-    weights = mel_filterbank(sample_rate_hz, n_fft, n_mels, f_min_hz, f_max_hz, scale=scale,
-                             slaney_norm=slaney_norm)
+def _filterbank(
+    sample_rate_hz: float,
+    n_fft: int,
+    n_mels: int,
+    f_min_hz: float,
+    f_max_hz: float,
+    scale: MelScale,
+    slaney_norm: bool,
+) -> np.ndarray:
+    weights = mel_filterbank(
+        sample_rate_hz, n_fft, n_mels, f_min_hz, f_max_hz, scale=scale, slaney_norm=slaney_norm
+    )
     out = np.ascontiguousarray(weights.T, dtype=np.float32)
     out.flags.writeable = False  # shared between specs: nobody may mutate it
     return out

@@ -141,8 +141,9 @@ def _log_mel(batch: np.ndarray, spec: FeatureSpec, real: type[np.floating]) -> n
     return np.ascontiguousarray(normalised.transpose(0, 1, 3, 2), dtype=np.float32)
 
 
-def preprocess_many(captures: Sequence[np.ndarray], spec: FeatureSpec,
-                    peak_bound: float | None = None) -> np.ndarray:
+def preprocess_many(
+    captures: Sequence[np.ndarray], spec: FeatureSpec, peak_bound: float | None = None
+) -> np.ndarray:
     """A list of `[C, S_i]` captures of possibly different lengths -> `[B, C, M, F]`.
 
     Captures are grouped by length so each group is one vectorised call; errors name the index

@@ -85,7 +85,9 @@ def noise_power_dbm(sample_rate_hz: float, config: SceneConfig) -> float:
 
 
 def great_circle_km(
-    lat1: np.ndarray | float, lon1: np.ndarray | float, lat2: np.ndarray | float,
+    lat1: np.ndarray | float,
+    lon1: np.ndarray | float,
+    lat2: np.ndarray | float,
     lon2: np.ndarray | float,
 ) -> np.ndarray:
     """Haversine distance on the mean sphere: ample for path loss, whose model error is dBs."""
@@ -153,8 +155,10 @@ def generate_scenes(
         rx_power[i] = power[i] - path_loss_db(distance, spec.center_frequency_hz, cfg) - shadowing
         phase = _fm_waveform(rng, n_samples, fs, cfg)
         lo_error = rng.normal(0.0, cfg.lo_error_sigma_hz, size=channels)
-        rx_phase = phase[None, :] + 2 * np.pi * lo_error[:, None] * t + rng.uniform(
-            0, 2 * np.pi, size=(channels, 1)
+        rx_phase = (
+            phase[None, :]
+            + 2 * np.pi * lo_error[:, None] * t
+            + rng.uniform(0, 2 * np.pi, size=(channels, 1))
         )
         amplitude = np.sqrt(10.0 ** ((rx_power[i] - cfg.full_scale_dbm) / 10.0))[:, None]
         noise = rng.standard_normal((channels, 2 * n_samples), dtype=np.float32)

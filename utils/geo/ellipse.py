@@ -80,7 +80,9 @@ def ellipse_probability(k: np.ndarray | float) -> np.ndarray:
 
 
 def local_offsets_m(
-    latitude_deg: np.ndarray, longitude_deg: np.ndarray, centre_lat: np.ndarray,
+    latitude_deg: np.ndarray,
+    longitude_deg: np.ndarray,
+    centre_lat: np.ndarray,
     centre_lon: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(east, north) metres of points from centres in the tangent plane at the centres."""
@@ -90,7 +92,10 @@ def local_offsets_m(
 
 
 def mahalanobis_sq(
-    east_m: np.ndarray, north_m: np.ndarray, sigma_x_m: np.ndarray, sigma_y_m: np.ndarray,
+    east_m: np.ndarray,
+    north_m: np.ndarray,
+    sigma_x_m: np.ndarray,
+    sigma_y_m: np.ndarray,
     rho: np.ndarray | float = 0.0,
 ) -> np.ndarray:
     """Squared Mahalanobis distance of offsets under `[[sx², ρsxsy], [ρsxsy, sy²]]`."""
@@ -136,21 +141,33 @@ def validate_inputs(
     """Raise `UncertaintyInputError` naming the first argument outside the valid space."""
     if latitude is not None:
         lat = np.asarray(latitude, dtype=np.float64)
-        _fail_if(~np.isfinite(lat) | (np.abs(lat) > 90.0), "latitude",
-                 "must be a finite number in [-90, 90]")
+        _fail_if(
+            ~np.isfinite(lat) | (np.abs(lat) > 90.0),
+            "latitude",
+            "must be a finite number in [-90, 90]",
+        )
     if longitude is not None:
-        _fail_if(~np.isfinite(np.asarray(longitude, dtype=np.float64)), "longitude",
-                 "must be a finite number")
+        _fail_if(
+            ~np.isfinite(np.asarray(longitude, dtype=np.float64)),
+            "longitude",
+            "must be a finite number",
+        )
     for name, value in (("sigma_x", sigma_x_m), ("sigma_y", sigma_y_m)):
         v = np.asarray(value, dtype=np.float64)
         _fail_if(~np.isfinite(v) | ~(v > 0.0), name, "must be a finite number > 0 (metres)")
-        _fail_if((v < MIN_SIGMA_M) | (v > MAX_SIGMA_M), name,
-                 f"must be between {MIN_SIGMA_M:g} and {MAX_SIGMA_M:g} metres")
+        _fail_if(
+            (v < MIN_SIGMA_M) | (v > MAX_SIGMA_M),
+            name,
+            f"must be between {MIN_SIGMA_M:g} and {MAX_SIGMA_M:g} metres",
+        )
     r = np.asarray(rho, dtype=np.float64)
     _fail_if(~np.isfinite(r) | ~(np.abs(r) < 1.0), "rho", "must be in the open interval (-1, 1)")
     p = np.asarray(confidence_level, dtype=np.float64)
-    _fail_if(~np.isfinite(p) | ~((p > 0.0) & (p < 1.0)), "confidence_level",
-             "must be in the open interval (0, 1)")
+    _fail_if(
+        ~np.isfinite(p) | ~((p > 0.0) & (p < 1.0)),
+        "confidence_level",
+        "must be in the open interval (0, 1)",
+    )
     if num_points is not None and not MIN_POINTS <= num_points <= MAX_POINTS:
         raise UncertaintyInputError(
             "num_points", f"must be between {MIN_POINTS} and {MAX_POINTS}, got {num_points}"

@@ -31,8 +31,12 @@ _GEOD = Geod(ellps="WGS84")
 
 
 def ellipse_ring(
-    latitude: float, longitude: float, semi_major_m: float, semi_minor_m: float,
-    orientation_deg: float, num_points: int = 64,
+    latitude: float,
+    longitude: float,
+    semi_major_m: float,
+    semi_minor_m: float,
+    orientation_deg: float,
+    num_points: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`num_points` (lon, lat) vertices, counter-clockwise, not closed, lon in [-180, 180]."""
     t = np.linspace(0.0, 2.0 * np.pi, num_points, endpoint=False)
@@ -42,8 +46,12 @@ def ellipse_ring(
     north = semi_major_m * np.cos(t) * np.cos(phi) + semi_minor_m * np.sin(t) * np.sin(phi)
     azimuth = np.degrees(np.arctan2(east, north))
     distance = np.hypot(east, north)
-    lons, lats, _ = _GEOD.fwd(np.full(num_points, float(longitude)),
-                              np.full(num_points, float(latitude)), azimuth, distance)
+    lons, lats, _ = _GEOD.fwd(
+        np.full(num_points, float(longitude)),
+        np.full(num_points, float(latitude)),
+        azimuth,
+        distance,
+    )
     return _wrap(np.asarray(lons)), np.asarray(lats)
 
 
@@ -52,9 +60,11 @@ def _wrap(lon: np.ndarray) -> np.ndarray:
     return np.where(np.abs(lon) <= 180.0, lon, (lon + 180.0) % 360.0 - 180.0)
 
 
-def _clip(points: list[tuple[float, float]], bound: float, keep_below: bool
-          ) -> list[tuple[float, float]]:
+def _clip(
+    points: list[tuple[float, float]], bound: float, keep_below: bool
+) -> list[tuple[float, float]]:
     """Sutherland-Hodgman clip of a closed ring against the half-plane lon <= / >= bound."""
+
     def inside(p: tuple[float, float]) -> bool:
         return p[0] <= bound if keep_below else p[0] >= bound
 
@@ -118,7 +128,7 @@ def _polar_cap(unwrapped: np.ndarray, lats: np.ndarray, winding: float) -> dict[
         xs, ys = xs[::-1], ys[::-1]  # walk in increasing longitude
     start = int(np.argmax(xs >= -180.0))
     stop = int(len(xs) - 1 - np.argmax(xs[::-1] <= 180.0))
-    inner = list(zip(xs[start: stop + 1].tolist(), ys[start: stop + 1].tolist(), strict=True))
+    inner = list(zip(xs[start : stop + 1].tolist(), ys[start : stop + 1].tolist(), strict=True))
     west = _cross((xs[start - 1], ys[start - 1]), (xs[start], ys[start]), -180.0)
     east = _cross((xs[stop], ys[stop]), (xs[stop + 1], ys[stop + 1]), 180.0)
     along = [west, *inner, east]
@@ -131,7 +141,10 @@ def _polar_cap(unwrapped: np.ndarray, lats: np.ndarray, winding: float) -> dict[
 
 
 def ellipse_feature(
-    latitude: float, longitude: float, ellipse: EllipseParams, num_points: int = 64,
+    latitude: float,
+    longitude: float,
+    ellipse: EllipseParams,
+    num_points: int = 64,
     properties: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A GeoJSON `Feature` for the ellipse, its parameters in `properties`.
@@ -142,10 +155,18 @@ def ellipse_feature(
     validate_inputs(1.0, 1.0, 0.0, ellipse.confidence_level, latitude, longitude, num_points)
     if not drawable(ellipse.semi_major_m):
         raise UncertaintyInputError(
-            "semi_major_m", f"{ellipse.semi_major_m / 1000:.6g} km is larger than the "
-                            f"{MAX_DRAWABLE_M / 1000:.0f} km an ellipse can span on the ellipsoid")
-    lons, lats = ellipse_ring(latitude, longitude, ellipse.semi_major_m, ellipse.semi_minor_m,
-                              ellipse.orientation_deg, num_points)
+            "semi_major_m",
+            f"{ellipse.semi_major_m / 1000:.6g} km is larger than the "
+            f"{MAX_DRAWABLE_M / 1000:.0f} km an ellipse can span on the ellipsoid",
+        )
+    lons, lats = ellipse_ring(
+        latitude,
+        longitude,
+        ellipse.semi_major_m,
+        ellipse.semi_minor_m,
+        ellipse.orientation_deg,
+        num_points,
+    )
     props: dict[str, Any] = {
         "center": [float(_wrap(np.asarray(longitude))), float(latitude)],
         "semi_major_m": ellipse.semi_major_m,

@@ -74,8 +74,9 @@ def _session(model_path: Path) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several private exception types
-        raise CorruptModelError(f"onnxruntime cannot load {MODEL_FILENAME}: "
-                                f"{str(exc).splitlines()[0][:300]}") from exc
+        raise CorruptModelError(
+            f"onnxruntime cannot load {MODEL_FILENAME}: {str(exc).splitlines()[0][:300]}"
+        ) from exc
 
 
 def _onnx_check(model_path: Path) -> None:
@@ -85,8 +86,9 @@ def _onnx_check(model_path: Path) -> None:
     try:
         onnx.checker.check_model(str(model_path), full_check=False)
     except Exception as exc:
-        raise CorruptModelError(f"onnx.checker rejects {MODEL_FILENAME}: "
-                                f"{str(exc).splitlines()[0][:300]}") from exc
+        raise CorruptModelError(
+            f"onnx.checker rejects {MODEL_FILENAME}: {str(exc).splitlines()[0][:300]}"
+        ) from exc
 
 
 def load_feature_spec(folder: Path, channels: int | None) -> tuple[FeatureSpec, str, list[str]]:
@@ -100,14 +102,20 @@ def load_feature_spec(folder: Path, channels: int | None) -> tuple[FeatureSpec, 
             raise ContractViolation(f"{FEATURE_SPEC_FILENAME} is invalid: {first}") from exc
     spec = default_feature_spec()
     if channels is not None and channels != spec.n_channels:
-        receivers = tuple(DEFAULT_RECEIVERS[:channels]) if channels <= len(DEFAULT_RECEIVERS) \
-            else tuple(Receiver(name=f"receiver-{i}", latitude=0.0, longitude=0.0)
-                       for i in range(channels))
+        receivers = (
+            tuple(DEFAULT_RECEIVERS[:channels])
+            if channels <= len(DEFAULT_RECEIVERS)
+            else tuple(
+                Receiver(name=f"receiver-{i}", latitude=0.0, longitude=0.0) for i in range(channels)
+            )
+        )
         spec = FeatureSpec.model_validate({**spec.model_dump(), "receivers": receivers})
-    warning = (f"no {FEATURE_SPEC_FILENAME} beside the model: serving with the documented default "
-               f"feature spec ({spec.n_channels} receivers: "
-               f"{', '.join(r.name for r in spec.receivers)}); predictions are only meaningful "
-               "if the model was trained with these defaults")
+    warning = (
+        f"no {FEATURE_SPEC_FILENAME} beside the model: serving with the documented default "
+        f"feature spec ({spec.n_channels} receivers: "
+        f"{', '.join(r.name for r in spec.receivers)}); predictions are only meaningful "
+        "if the model was trained with these defaults"
+    )
     log.warning(warning)
     return spec, "defaults", [warning]
 
@@ -117,7 +125,8 @@ def _dims(shape: list[object]) -> tuple[int | str, ...]:
 
 
 def validate_model_folder(folder: Path, *, full_check: bool = True) -> ModelContract:
-    """Check a model folder against docs/api.md §8; raise `CorruptModelError` / `ContractViolation`."""
+    """Check a model folder against the contract (docs/api.md §8); raise `CorruptModelError`
+    or `ContractViolation`."""
     model_path = folder / MODEL_FILENAME
     if not model_path.is_file():
         raise CorruptModelError(f"{MODEL_FILENAME} is missing from the model folder")
@@ -134,14 +143,18 @@ def validate_model_folder(folder: Path, *, full_check: bool = True) -> ModelCont
     if inp.type != "tensor(float)":
         raise ContractViolation(f"input '{INPUT_NAME}': expected float32, got {inp.type}")
     if len(shape) != 4:
-        raise ContractViolation(f"input '{INPUT_NAME}': expected rank 4 [batch, channels, n_mels, "
-                                f"frames], got shape {list(shape)}")
+        raise ContractViolation(
+            f"input '{INPUT_NAME}': expected rank 4 [batch, channels, n_mels, "
+            f"frames], got shape {list(shape)}"
+        )
     if isinstance(shape[0], int):
-        raise ContractViolation(f"input '{INPUT_NAME}': the batch axis must be dynamic, it is "
-                                f"fixed at {shape[0]}")
+        raise ContractViolation(
+            f"input '{INPUT_NAME}': the batch axis must be dynamic, it is fixed at {shape[0]}"
+        )
     if not all(isinstance(d, int) for d in shape[1:]):
-        raise ContractViolation(f"input '{INPUT_NAME}': channels, n_mels and frames must be "
-                                f"fixed, got {list(shape)}")
+        raise ContractViolation(
+            f"input '{INPUT_NAME}': channels, n_mels and frames must be fixed, got {list(shape)}"
+        )
 
     outputs = {o.name: o for o in session.get_outputs()}
     widths: dict[str, tuple[int, ...]] = {POSITIONS: (2,), UNCERTAINTIES: (2, 3)}
@@ -162,17 +175,22 @@ def validate_model_folder(folder: Path, *, full_check: bool = True) -> ModelCont
     if tuple(shape[1:]) != spec.input_shape:
         raise ContractViolation(
             f"input '{INPUT_NAME}': shape {list(shape[1:])} does not match the feature spec "
-            f"{list(spec.input_shape)} (channels = receivers, n_mels, frames)")
+            f"{list(spec.input_shape)} (channels = receivers, n_mels, frames)"
+        )
 
     width = _smoke_inference(session, spec, has_confidence)
-    return ModelContract(sha256=sha256_file(model_path), input_shape=shape,
-                         uncertainty_width=width, has_confidence=has_confidence,
-                         feature_spec=spec, feature_spec_source=source,
-                         warnings=tuple(warnings))
+    return ModelContract(
+        sha256=sha256_file(model_path),
+        input_shape=shape,
+        uncertainty_width=width,
+        has_confidence=has_confidence,
+        feature_spec=spec,
+        feature_spec_source=source,
+        warnings=tuple(warnings),
+    )
 
 
-def _smoke_inference(session: ort.InferenceSession, spec: FeatureSpec,
-                     has_confidence: bool) -> int:
+def _smoke_inference(session: ort.InferenceSession, spec: FeatureSpec, has_confidence: bool) -> int:
     """Batch 2 and batch 1 on realistic input: finite, well-shaped, consistent outputs."""
     mel = preprocess(generate_scenes(2, seed=0, spec=spec).iq, spec)
     names = [POSITIONS, UNCERTAINTIES] + ([CONFIDENCE] if has_confidence else [])
@@ -180,21 +198,28 @@ def _smoke_inference(session: ort.InferenceSession, spec: FeatureSpec,
         two = session.run(names, {INPUT_NAME: mel})
         one = session.run(names, {INPUT_NAME: mel[:1]})
     except Exception as exc:
-        raise ContractViolation(f"smoke inference failed: {str(exc).splitlines()[0][:300]}"
-                                ) from exc
+        raise ContractViolation(
+            f"smoke inference failed: {str(exc).splitlines()[0][:300]}"
+        ) from exc
     positions, uncertainties = np.asarray(two[0]), np.asarray(two[1])
     if positions.shape != (2, 2):
         raise ContractViolation(f"output '{POSITIONS}': batch 2 gave shape {positions.shape}")
-    if uncertainties.ndim != 2 or uncertainties.shape[0] != 2 or \
-            uncertainties.shape[1] not in (2, 3):
-        raise ContractViolation(f"output '{UNCERTAINTIES}': batch 2 gave shape "
-                                f"{uncertainties.shape}, expected [2, 2] or [2, 3]")
+    if (
+        uncertainties.ndim != 2
+        or uncertainties.shape[0] != 2
+        or uncertainties.shape[1] not in (2, 3)
+    ):
+        raise ContractViolation(
+            f"output '{UNCERTAINTIES}': batch 2 gave shape "
+            f"{uncertainties.shape}, expected [2, 2] or [2, 3]"
+        )
     for name, value in zip(names, two, strict=True):
         if not np.isfinite(value).all():
             raise ContractViolation(f"output '{name}': non-finite values on a valid input")
     if not (np.abs(positions[:, 0]) <= 90).all() or not (np.abs(positions[:, 1]) <= 360).all():
-        raise ContractViolation(f"output '{POSITIONS}': not latitude/longitude in degrees "
-                                f"({positions.tolist()})")
+        raise ContractViolation(
+            f"output '{POSITIONS}': not latitude/longitude in degrees ({positions.tolist()})"
+        )
     if not (uncertainties[:, :2] > 0).all():
         raise ContractViolation(f"output '{UNCERTAINTIES}': sigmas must be > 0")
     if uncertainties.shape[1] == 3 and not (np.abs(uncertainties[:, 2]) < 1).all():
@@ -202,10 +227,13 @@ def _smoke_inference(session: ort.InferenceSession, spec: FeatureSpec,
     if has_confidence:
         conf = np.asarray(two[2]).reshape(-1)
         if conf.shape != (2,) or not ((conf >= 0) & (conf <= 1)).all():
-            raise ContractViolation(f"output '{CONFIDENCE}': expected [batch] or [batch, 1] "
-                                    "in [0, 1]")
+            raise ContractViolation(
+                f"output '{CONFIDENCE}': expected [batch] or [batch, 1] in [0, 1]"
+            )
     for name, a, b in zip(names, one, two, strict=True):
         if not np.allclose(np.asarray(a)[0], np.asarray(b)[0], rtol=1e-4, atol=1e-5):
-            raise ContractViolation(f"output '{name}': batch 1 and batch 2 disagree on the same "
-                                    "sample (the batch axis is not independent)")
+            raise ContractViolation(
+                f"output '{name}': batch 1 and batch 2 disagree on the same "
+                "sample (the batch axis is not independent)"
+            )
     return int(uncertainties.shape[1])

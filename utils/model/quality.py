@@ -111,8 +111,9 @@ class FixEnvelope:
     source: Literal["training", "receivers"]
 
     @classmethod
-    def for_model(cls, spec: FeatureSpec, training: Mapping[str, float],
-                  noise_spread_db: float) -> FixEnvelope:
+    def for_model(
+        cls, spec: FeatureSpec, training: Mapping[str, float], noise_spread_db: float
+    ) -> FixEnvelope:
         """From the training metrics stored with the model, else from the receivers alone.
 
         Without training metrics the region is the receivers' box widened by half its size
@@ -124,11 +125,17 @@ class FixEnvelope:
             lat_min, lat_max, lon_min, lon_max = (float(training[k]) for k in REGION_KEYS)
             pad_lat = REGION_MARGIN * (lat_max - lat_min)
             pad_lon = REGION_MARGIN * (lon_max - lon_min)
-            return cls(max(-90.0, lat_min - pad_lat), min(90.0, lat_max + pad_lat),
-                       lon_min - pad_lon, lon_max + pad_lon,
-                       SIGMA_MARGIN * float(training[SIGMA_MAX_KEY]),
-                       float(training.get(POWER_MAX_KEY, FULL_SCALE_DB)) + LOUDER_THAN_TRAINED_DB,
-                       noise_spread_db, min_live, "training")
+            return cls(
+                max(-90.0, lat_min - pad_lat),
+                min(90.0, lat_max + pad_lat),
+                lon_min - pad_lon,
+                lon_max + pad_lon,
+                SIGMA_MARGIN * float(training[SIGMA_MAX_KEY]),
+                float(training.get(POWER_MAX_KEY, FULL_SCALE_DB)) + LOUDER_THAN_TRAINED_DB,
+                noise_spread_db,
+                min_live,
+                "training",
+            )
         lats = np.array([r.latitude for r in spec.receivers])
         lons = np.array([r.longitude for r in spec.receivers])
         pad_lat = max(1.0, 0.5 * float(np.ptp(lats)))
@@ -136,12 +143,25 @@ class FixEnvelope:
         lat_min, lat_max = max(-90.0, lats.min() - pad_lat), min(90.0, lats.max() + pad_lat)
         lon_min, lon_max = lons.min() - pad_lon, lons.max() + pad_lon
         north, east = wgs84_radii(0.5 * (lat_min + lat_max))
-        diagonal = float(np.hypot(np.radians(lat_max - lat_min) * north,
-                                  np.radians(lon_max - lon_min) * east *
-                                  np.cos(np.radians(0.5 * (lat_min + lat_max)))))
-        return cls(float(lat_min), float(lat_max), float(lon_min), float(lon_max), diagonal,
-                   FULL_SCALE_DB + LOUDER_THAN_TRAINED_DB, noise_spread_db, min_live,
-                   "receivers")
+        diagonal = float(
+            np.hypot(
+                np.radians(lat_max - lat_min) * north,
+                np.radians(lon_max - lon_min)
+                * east
+                * np.cos(np.radians(0.5 * (lat_min + lat_max))),
+            )
+        )
+        return cls(
+            float(lat_min),
+            float(lat_max),
+            float(lon_min),
+            float(lon_max),
+            diagonal,
+            FULL_SCALE_DB + LOUDER_THAN_TRAINED_DB,
+            noise_spread_db,
+            min_live,
+            "receivers",
+        )
 
 
 def noise_spread_db(spec: FeatureSpec, captures: int = 8, seed: int = 0) -> float:
@@ -150,8 +170,10 @@ def noise_spread_db(spec: FeatureSpec, captures: int = 8, seed: int = 0) -> floa
 
     rng = np.random.default_rng(seed)
     shape = (captures, spec.n_channels, spec.samples_per_capture)
-    noise = (rng.standard_normal(shape, dtype=np.float32) +
-             1j * rng.standard_normal(shape, dtype=np.float32)).astype(np.complex64)
+    noise = (
+        rng.standard_normal(shape, dtype=np.float32)
+        + 1j * rng.standard_normal(shape, dtype=np.float32)
+    ).astype(np.complex64)
     return float(band_spread_db(preprocess(noise, spec), spec).max())
 
 
@@ -166,19 +188,28 @@ def _names(spec: FeatureSpec, mask: np.ndarray) -> str:
 
 
 def assess(
-    latitude: np.ndarray, longitude: np.ndarray, semi_major_1sigma_m: np.ndarray,
-    power_db: np.ndarray, spread_db: np.ndarray, frames: np.ndarray,
-    envelope: FixEnvelope, spec: FeatureSpec,
+    latitude: np.ndarray,
+    longitude: np.ndarray,
+    semi_major_1sigma_m: np.ndarray,
+    power_db: np.ndarray,
+    spread_db: np.ndarray,
+    frames: np.ndarray,
+    envelope: FixEnvelope,
+    spec: FeatureSpec,
 ) -> list[Assessment]:
     """One assessment per prediction; `power_db`/`spread_db` are `[B, C]`, `frames` `[B]`."""
     # fewer independent frames average less: the noise spread grows as 1/sqrt(frames)
-    threshold = NOISE_SPREAD_FACTOR * envelope.noise_spread_db * \
-        np.sqrt(spec.n_frames / np.asarray(frames, dtype=np.float64))
+    threshold = (
+        NOISE_SPREAD_FACTOR
+        * envelope.noise_spread_db
+        * np.sqrt(spec.n_frames / np.asarray(frames, dtype=np.float64))
+    )
     live = (spread_db > threshold[:, None]) & (power_db > SILENCE_DB)
     loud = power_db > envelope.max_power_db
     lon = (np.asarray(longitude) - envelope.lon_min) % 360.0 + envelope.lon_min
-    outside = (latitude < envelope.lat_min) | (latitude > envelope.lat_max) | \
-        (lon > envelope.lon_max)
+    outside = (
+        (latitude < envelope.lat_min) | (latitude > envelope.lat_max) | (lon > envelope.lon_max)
+    )
     too_wide = semi_major_1sigma_m > envelope.max_sigma_m
     channels = spec.n_channels
     out = []
@@ -188,26 +219,33 @@ def assess(
         silent = ~live[i]
         if silent.any():
             enough = int(live[i].sum()) >= envelope.min_live
-            warnings.append(f"no signal above the noise floor on {int(silent.sum())} of "
-                            f"{channels} receivers ({_names(spec, silent)})" +
-                            ("" if enough else
-                             f"; a fix needs at least {envelope.min_live}"))
+            warnings.append(
+                f"no signal above the noise floor on {int(silent.sum())} of "
+                f"{channels} receivers ({_names(spec, silent)})"
+                + ("" if enough else f"; a fix needs at least {envelope.min_live}")
+            )
             fix = enough
         if loud[i].any():
-            warnings.append(f"signal level on {_names(spec, loud[i])} reaches "
-                            f"{float(power_db[i][loud[i]].max()):.0f} dB re full scale, above "
-                            f"the {envelope.max_power_db:.0f} dB the model is trained for")
+            warnings.append(
+                f"signal level on {_names(spec, loud[i])} reaches "
+                f"{float(power_db[i][loud[i]].max()):.0f} dB re full scale, above "
+                f"the {envelope.max_power_db:.0f} dB the model is trained for"
+            )
             fix = False
         if outside[i]:
-            warnings.append(f"position {float(latitude[i]):.4f}, {float(longitude[i]):.4f} is "
-                            f"outside the region the model covers (latitude "
-                            f"{envelope.lat_min:g}..{envelope.lat_max:g}, longitude "
-                            f"{envelope.lon_min:g}..{envelope.lon_max:g})")
+            warnings.append(
+                f"position {float(latitude[i]):.4f}, {float(longitude[i]):.4f} is "
+                f"outside the region the model covers (latitude "
+                f"{envelope.lat_min:g}..{envelope.lat_max:g}, longitude "
+                f"{envelope.lon_min:g}..{envelope.lon_max:g})"
+            )
             fix = False
         if too_wide[i]:
-            warnings.append(f"1-sigma uncertainty {float(semi_major_1sigma_m[i]) / 1000:.0f} km "
-                            f"exceeds the {envelope.max_sigma_m / 1000:.0f} km the model can "
-                            "produce for a real fix")
+            warnings.append(
+                f"1-sigma uncertainty {float(semi_major_1sigma_m[i]) / 1000:.0f} km "
+                f"exceeds the {envelope.max_sigma_m / 1000:.0f} km the model can "
+                "produce for a real fix"
+            )
             fix = False
         out.append(Assessment("fix" if fix else "no_fix", tuple(warnings)))
     return out

@@ -82,22 +82,26 @@ def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
                 if response.status >= 500:
-                    raise RegistryUnreachable(f"registry {redact_uri(uri)} answers HTTP "
-                                              f"{response.status}")
+                    raise RegistryUnreachable(
+                        f"registry {redact_uri(uri)} answers HTTP {response.status}"
+                    )
         except urllib.error.HTTPError as exc:
             if exc.code >= 500:
-                raise RegistryUnreachable(f"registry {redact_uri(uri)} answers HTTP "
-                                          f"{exc.code}") from exc
+                raise RegistryUnreachable(
+                    f"registry {redact_uri(uri)} answers HTTP {exc.code}"
+                ) from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise RegistryUnreachable(f"registry {redact_uri(uri)} is unreachable: {reason}"
-                                      ) from exc
+            raise RegistryUnreachable(
+                f"registry {redact_uri(uri)} is unreachable: {reason}"
+            ) from exc
     elif scheme == "sqlite":
         path = Path(uri.split("sqlite:///", 1)[-1]) if uri.startswith("sqlite:///") else None
         if path is not None and not path.is_file():
             raise RegistryUnreachable(
                 f"registry database {path} does not exist (bootstrap the demo model with "
-                "`make bootstrap`, or set MLFLOW_TRACKING_URI)")
+                "`make bootstrap`, or set MLFLOW_TRACKING_URI)"
+            )
 
 
 def _client(uri: str):  # noqa: ANN202 - mlflow is imported lazily (not in the serving image)
@@ -106,8 +110,14 @@ def _client(uri: str):  # noqa: ANN202 - mlflow is imported lazily (not in the s
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def resolve(uri: str, name: str, *, stage: str | None = None, alias: str | None = None,
-            version: str | None = None) -> ResolvedVersion:
+def resolve(
+    uri: str,
+    name: str,
+    *,
+    stage: str | None = None,
+    alias: str | None = None,
+    version: str | None = None,
+) -> ResolvedVersion:
     """Find the version a stage, alias or explicit version designates."""
     from mlflow.exceptions import MlflowException
 
@@ -125,8 +135,11 @@ def resolve(uri: str, name: str, *, stage: str | None = None, alias: str | None 
             mv = client.get_model_version(name, str(version))
         else:
             wanted = stage or "Production"
-            staged = [v for v in client.search_model_versions(f"name='{name}'")
-                      if (v.current_stage or "").lower() == wanted.lower()]
+            staged = [
+                v
+                for v in client.search_model_versions(f"name='{name}'")
+                if (v.current_stage or "").lower() == wanted.lower()
+            ]
             if not staged:
                 raise ModelNotFound(f"model '{name}' has no version in stage '{wanted}'")
             mv = max(staged, key=lambda v: int(v.version))
@@ -136,8 +149,12 @@ def resolve(uri: str, name: str, *, stage: str | None = None, alias: str | None 
             raise ModelNotFound(f"model '{name}' has no {what}") from exc
         raise RegistryUnreachable(f"registry error: {_first_line(exc)}") from exc
     return ResolvedVersion(
-        name=name, version=str(mv.version), stage=None if (alias or version) else
-        (stage or "Production"), alias=alias, run_id=mv.run_id or None, source=mv.source,
+        name=name,
+        version=str(mv.version),
+        stage=None if (alias or version) else (stage or "Production"),
+        alias=alias,
+        run_id=mv.run_id or None,
+        source=mv.source,
         download_uri=client.get_model_version_download_uri(name, str(mv.version)),
     )
 
@@ -147,8 +164,9 @@ def download(uri: str, resolved: ResolvedVersion, destination: Path) -> Path:
     import mlflow
 
     destination.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=resolved.download_uri,
-                                                dst_path=str(destination), tracking_uri=uri)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=resolved.download_uri, dst_path=str(destination), tracking_uri=uri
+    )
     return Path(local)
 
 
@@ -166,8 +184,9 @@ def run_metrics(uri: str, run_id: str | None) -> dict[str, float]:
 
 def _is_not_found(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "") or ""
-    return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or \
-        "not found" in str(exc).lower()
+    return (
+        "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in str(exc).lower()
+    )
 
 
 def _first_line(exc: Exception) -> str:

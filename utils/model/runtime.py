@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from utils.config import Settings
 from utils.dsp.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
+from utils.dsp.preprocessing import preprocess_many
+from utils.dsp.synthetic import generate_scenes
 from utils.model.contract import (
     CONFIDENCE,
     INPUT_NAME,
@@ -28,7 +31,7 @@ from utils.model.contract import (
     load_feature_spec,
     sha256_file,
 )
-from utils.dsp.preprocessing import preprocess_many
+from utils.model.metadata import ModelMetadata
 from utils.model.quality import (
     FixEnvelope,
     band_spread_db,
@@ -37,10 +40,6 @@ from utils.model.quality import (
     max_amplitude,
     noise_spread_db,
 )
-
-
-from utils.dsp.synthetic import generate_scenes
-from utils.model.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +62,36 @@ class RawPredictions:
     def items(self) -> list[dict[str, Any]]:
         """One JSON-ready dict per sample: the form results travel in between a batch and the
         requests that share it (and over the batchable `infer` API)."""
-        return [{"position": self.positions[j].tolist(),
-                 "uncertainty": self.uncertainties[j].tolist(),
-                 "confidence": None if self.confidence is None else float(self.confidence[j]),
-                 "power_db": self.power_db[j].tolist(),
-                 "spread_db": self.spread_db[j].tolist(),
-                 "frames": int(self.frames[j])}
-                for j in range(self.positions.shape[0])]
+        return [
+            {
+                "position": self.positions[j].tolist(),
+                "uncertainty": self.uncertainties[j].tolist(),
+                "confidence": None if self.confidence is None else float(self.confidence[j]),
+                "power_db": self.power_db[j].tolist(),
+                "spread_db": self.spread_db[j].tolist(),
+                "frames": int(self.frames[j]),
+            }
+            for j in range(self.positions.shape[0])
+        ]
 
     @classmethod
     def stack(cls, items: list[dict[str, Any]]) -> RawPredictions:
         """Inverse of `items` for one request's share of a batch."""
-        confidence = None if items[0]["confidence"] is None else \
-            np.array([i["confidence"] for i in items], dtype=np.float64)
-        return cls(positions=np.array([i["position"] for i in items], dtype=np.float64),
-                   uncertainties=np.array([i["uncertainty"] for i in items], dtype=np.float64),
-                   confidence=confidence,
-                   power_db=np.array([i["power_db"] for i in items], dtype=np.float64),
-                   spread_db=np.array([i["spread_db"] for i in items], dtype=np.float64),
-                   frames=np.array([i["frames"] for i in items]),
-                   preprocess_s=0.0, model_s=0.0)
+        confidence = (
+            None
+            if items[0]["confidence"] is None
+            else np.array([i["confidence"] for i in items], dtype=np.float64)
+        )
+        return cls(
+            positions=np.array([i["position"] for i in items], dtype=np.float64),
+            uncertainties=np.array([i["uncertainty"] for i in items], dtype=np.float64),
+            confidence=confidence,
+            power_db=np.array([i["power_db"] for i in items], dtype=np.float64),
+            spread_db=np.array([i["spread_db"] for i in items], dtype=np.float64),
+            frames=np.array([i["frames"] for i in items]),
+            preprocess_s=0.0,
+            model_s=0.0,
+        )
 
 
 def session_options(intra_threads: int, inter_threads: int) -> ort.SessionOptions:
@@ -102,8 +111,11 @@ def usable_providers(requested: list[str]) -> list[str]:
     chosen = [p for p in requested if p in available and p != "CPUExecutionProvider"]
     missing = [p for p in requested if p not in available]
     if missing:
-        log.warning("execution providers %s are not available here; using %s", missing,
-                    chosen + ["CPUExecutionProvider"])
+        log.warning(
+            "execution providers %s are not available here; using %s",
+            missing,
+            chosen + ["CPUExecutionProvider"],
+        )
     return chosen + ["CPUExecutionProvider"]
 
 
@@ -120,39 +132,72 @@ def verify_model_files(model_dir: Path, metadata: Mapping[str, Any] | ModelMetad
     expected = ModelMetadata.read(metadata).sha256
     actual = sha256_file(model_path)
     if expected and actual != expected:
-        raise ModelLoadError(f"{MODEL_FILENAME} sha256 {actual[:12]} does not match the "
-                             f"imported {expected[:12]}: the stored file was changed")
+        raise ModelLoadError(
+            f"{MODEL_FILENAME} sha256 {actual[:12]} does not match the "
+            f"imported {expected[:12]}: the stored file was changed"
+        )
     return actual
 
 
 class ModelRuntime:
     """Loads, checks and runs one stored model."""
 
-    def __init__(self, model_dir: Path, metadata: Mapping[str, Any] | ModelMetadata, *,
-                 intra_threads: int, inter_threads: int, providers: list[str]) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        metadata: Mapping[str, Any] | ModelMetadata,
+        *,
+        intra_threads: int,
+        inter_threads: int,
+        providers: list[str],
+    ) -> None:
         model_path = model_dir / MODEL_FILENAME
         self.metadata = metadata = ModelMetadata.read(metadata)
         self.sha256 = verify_model_files(model_dir, metadata)
         try:
             self.session = ort.InferenceSession(
-                str(model_path), session_options(intra_threads, inter_threads),
-                providers=usable_providers(providers))
+                str(model_path),
+                session_options(intra_threads, inter_threads),
+                providers=usable_providers(providers),
+            )
         except Exception as exc:
-            raise ModelLoadError(f"onnxruntime cannot load {model_path}: "
-                                 f"{str(exc).splitlines()[0][:300]}") from exc
+            raise ModelLoadError(
+                f"onnxruntime cannot load {model_path}: {str(exc).splitlines()[0][:300]}"
+            ) from exc
         self.providers = self.session.get_providers()
         outputs = {o.name for o in self.session.get_outputs()}
         self.has_confidence = CONFIDENCE in outputs
-        self.output_names = [POSITIONS, UNCERTAINTIES] + ([CONFIDENCE] if self.has_confidence
-                                                            else [])
+        self.output_names = [POSITIONS, UNCERTAINTIES] + (
+            [CONFIDENCE] if self.has_confidence else []
+        )
         channels = self.session.get_inputs()[0].shape[1]
         self.spec, self.spec_source, self.warnings = self._spec(model_dir, metadata, channels)
-        self.envelope = FixEnvelope.for_model(self.spec, dict(metadata.metrics),
-                                              noise_spread_db(self.spec))
+        self.envelope = FixEnvelope.for_model(
+            self.spec, dict(metadata.metrics), noise_spread_db(self.spec)
+        )
+
+    @classmethod
+    def for_serving(
+        cls, model_dir: Path, metadata: Mapping[str, Any], settings: Settings, workers: int
+    ) -> ModelRuntime:
+        """As the service runs it: ONNX Runtime threads and providers from the settings
+        (ONNX Runtime ignores OMP_NUM_THREADS, so the split per worker is set here)."""
+        return cls(
+            model_dir,
+            metadata,
+            intra_threads=settings.ort_intra_op_threads or default_intra_threads(workers),
+            inter_threads=settings.ort_inter_op_threads,
+            providers=list(settings.ort_providers),
+        )
+
+    def version_label(self, fallback: str) -> str:
+        """`<registry version>+<sha256 prefix>`: which model answered, in every response."""
+        return f"{self.metadata.mlflow_version or fallback}+{self.sha256[:12]}"
 
     @staticmethod
-    def _spec(model_dir: Path, metadata: ModelMetadata, channels: object
-              ) -> tuple[FeatureSpec, str, list[str]]:
+    def _spec(
+        model_dir: Path, metadata: ModelMetadata, channels: object
+    ) -> tuple[FeatureSpec, str, list[str]]:
         if metadata.feature_spec and metadata.feature_spec_source != "defaults":
             return FeatureSpec.model_validate(metadata.feature_spec), "artifact", []
         if (model_dir / FEATURE_SPEC_FILENAME).exists():
@@ -166,12 +211,15 @@ class ModelRuntime:
         `validated`: canonical captures from the API's decoder, checked there once (shape,
         finiteness, amplitude bound); preprocessing then skips its own checks."""
         started = time.perf_counter()
-        mel = preprocess_many(captures, self.spec,
-                              max_amplitude(self.spec) if validated else None)
+        mel = preprocess_many(captures, self.spec, max_amplitude(self.spec) if validated else None)
         cut = [c[..., : self.spec.samples_per_capture] for c in captures]
         channels = self.spec.n_channels
-        power = np.stack([np.broadcast_to(channel_power_db(c.reshape(-1, c.shape[-1])),
-                                          (channels,)) for c in cut])
+        power = np.stack(
+            [
+                np.broadcast_to(channel_power_db(c.reshape(-1, c.shape[-1])), (channels,))
+                for c in cut
+            ]
+        )
         spread = band_spread_db(mel, self.spec)
         frames = np.array([distinct_frames(c.shape[-1], self.spec) for c in cut])
         prepared = time.perf_counter()

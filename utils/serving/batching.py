@@ -37,18 +37,29 @@ class Batcher(Protocol):
 def _in_thread(batch_fn: Callable[[list[Any]], list[Any]]) -> Callable[[list[Any]], Any]:
     async def run(items: list[Any]) -> list[Any]:
         return await anyio.to_thread.run_sync(batch_fn, list(items))
+
     return run
 
 
 class Greedy:
     """`GreedyBatcher` around a synchronous batch function run in a worker thread."""
 
-    def __init__(self, batch_fn: Callable[[list[Any]], list[Any]], *, max_batch_size: int,
-                 wait_budget_s: float, queue_delay_s: float,
-                 observer: Callable[[BatchRecord], None] | None) -> None:
+    def __init__(
+        self,
+        batch_fn: Callable[[list[Any]], list[Any]],
+        *,
+        max_batch_size: int,
+        wait_budget_s: float,
+        queue_delay_s: float,
+        observer: Callable[[BatchRecord], None] | None,
+    ) -> None:
         self._batcher: GreedyBatcher[Any, Any] = GreedyBatcher(
-            _in_thread(batch_fn), max_batch_size=max_batch_size, wait_budget_s=wait_budget_s,
-            queue_delay_s=queue_delay_s, observer=observer)
+            _in_thread(batch_fn),
+            max_batch_size=max_batch_size,
+            wait_budget_s=wait_budget_s,
+            queue_delay_s=queue_delay_s,
+            observer=observer,
+        )
 
     async def submit(self, item: Any) -> Any:
         return await self._batcher.submit(item)
@@ -60,8 +71,13 @@ class Greedy:
 class Cork:
     """BentoML's `CorkDispatcher` in the worker (same 503-on-budget semantics as its APIs)."""
 
-    def __init__(self, batch_fn: Callable[[list[Any]], list[Any]], *, max_batch_size: int,
-                 max_latency_ms: int) -> None:
+    def __init__(
+        self,
+        batch_fn: Callable[[list[Any]], list[Any]],
+        *,
+        max_batch_size: int,
+        max_latency_ms: int,
+    ) -> None:
         from bentoml._internal.marshal.dispatcher import CorkDispatcher  # private: lazily
         from bentoml.exceptions import ServiceUnavailable
 
@@ -69,8 +85,12 @@ class Cork:
             raise ServiceUnavailable("batch latency budget exceeded (BATCH_MAX_LATENCY_MS)")
 
         self._dispatcher = CorkDispatcher(
-            max_latency_in_ms=max_latency_ms, max_batch_size=max_batch_size,
-            fallback=overloaded, get_batch_size=lambda _: 1, batch_dim=(0, 0))
+            max_latency_in_ms=max_latency_ms,
+            max_batch_size=max_batch_size,
+            fallback=overloaded,
+            get_batch_size=lambda _: 1,
+            batch_dim=(0, 0),
+        )
         self._submit = self._dispatcher(_in_thread(batch_fn))
 
     async def submit(self, item: Any) -> Any:
@@ -80,14 +100,25 @@ class Cork:
         self._dispatcher.shutdown()
 
 
-def make_batcher(dispatch: Dispatch, batch_fn: Callable[[list[Any]], list[Any]], *,
-                 max_batch_size: int, max_latency_ms: int, wait_budget_s: float,
-                 queue_delay_s: float,
-                 observer: Callable[[BatchRecord], None] | None = None) -> Batcher | None:
+def make_batcher(
+    dispatch: Dispatch,
+    batch_fn: Callable[[list[Any]], list[Any]],
+    *,
+    max_batch_size: int,
+    max_latency_ms: int,
+    wait_budget_s: float,
+    queue_delay_s: float,
+    observer: Callable[[BatchRecord], None] | None = None,
+) -> Batcher | None:
     """The in-worker batcher for `dispatch`; None for `proxy` (the `infer` API batches)."""
     if dispatch == "greedy":
-        return Greedy(batch_fn, max_batch_size=max_batch_size, wait_budget_s=wait_budget_s,
-                      queue_delay_s=queue_delay_s, observer=observer)
+        return Greedy(
+            batch_fn,
+            max_batch_size=max_batch_size,
+            wait_budget_s=wait_budget_s,
+            queue_delay_s=queue_delay_s,
+            observer=observer,
+        )
     if dispatch == "cork":
         return Cork(batch_fn, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms)
     return None

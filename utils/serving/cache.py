@@ -32,8 +32,13 @@ log = logging.getLogger(__name__)
 PER_REQUEST_FIELDS = ("inference_time_ms", "timestamp", "cache_hit", "session_id")
 
 
-def cache_key(prefix: str, model_sha256: str, capture_bytes: bytes | memoryview,
-              confidence_level: float, include_geojson: bool) -> str:
+def cache_key(
+    prefix: str,
+    model_sha256: str,
+    capture_bytes: bytes | memoryview,
+    confidence_level: float,
+    include_geojson: bool,
+) -> str:
     """`prefix:model12:digest` over model identity, answer-changing options and sample bytes."""
     digest = hashlib.blake2b(digest_size=20)
     digest.update(model_sha256.encode())
@@ -108,8 +113,15 @@ class RedisCache:
 
     backend = "redis"
 
-    def __init__(self, url: str, ttl_s: int, timeout_s: float, max_connections: int = 32,
-                 cooldown_s: float = 1.0, log_every_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        ttl_s: int,
+        timeout_s: float,
+        max_connections: int = 32,
+        cooldown_s: float = 1.0,
+        log_every_s: float = 30.0,
+    ) -> None:
         self.url = url
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
@@ -129,8 +141,11 @@ class RedisCache:
 
         retry = Retry(NoBackoff(), 1)
         pool = BlockingConnectionPool.from_url(
-            self.url, max_connections=self.max_connections, timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s, socket_timeout=self.timeout_s,
+            self.url,
+            max_connections=self.max_connections,
+            timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s,
+            socket_timeout=self.timeout_s,
             retry=retry,
         )
         self._client = Redis(connection_pool=pool, retry=retry)
@@ -152,8 +167,14 @@ class RedisCache:
         now = time.monotonic()
         if now - self._last_log >= self.log_every_s:
             extra = f" ({self._suppressed} similar errors not logged)" if self._suppressed else ""
-            log.warning("Redis cache %s failed, serving uncached for %.1f s: %s: %s%s", op,
-                        self.cooldown_s, type(exc).__name__, str(exc)[:200], extra)
+            log.warning(
+                "Redis cache %s failed, serving uncached for %.1f s: %s: %s%s",
+                op,
+                self.cooldown_s,
+                type(exc).__name__,
+                str(exc)[:200],
+                extra,
+            )
             self._last_log, self._suppressed = now, 0
         else:
             self._suppressed += 1
@@ -182,8 +203,9 @@ class RedisCache:
         await self._bounded("set", pipe.execute())
 
 
-def make_cache(redis_url: str | None, ttl_s: int, max_entries: int,
-               timeout_ms: int) -> PredictionCache:
+def make_cache(
+    redis_url: str | None, ttl_s: int, max_entries: int, timeout_ms: int
+) -> PredictionCache:
     if redis_url:
         return RedisCache(redis_url, ttl_s, timeout_ms / 1000.0)
     return LRUCache(max_entries, ttl_s)

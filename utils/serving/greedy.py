@@ -47,8 +47,10 @@ class Overloaded(Exception):
 
     def __init__(self, expected_wait_s: float, budget_s: float) -> None:
         self.retry_after_s = expected_wait_s
-        super().__init__(f"the batch queue is {expected_wait_s:.1f} s deep, over the "
-                         f"{budget_s:.1f} s wait budget")
+        super().__init__(
+            f"the batch queue is {expected_wait_s:.1f} s deep, over the "
+            f"{budget_s:.1f} s wait budget"
+        )
 
 
 class BatcherClosed(Exception):
@@ -75,9 +77,15 @@ class BatchRecord:
 class GreedyBatcher(Generic[T_IN, T_OUT]):
     """Batches `submit(item)` calls into `run_batch(items) -> results` (same order)."""
 
-    def __init__(self, run_batch: Callable[[list[T_IN]], Any], *, max_batch_size: int,
-                 wait_budget_s: float, queue_delay_s: float = 0.0,
-                 observer: Callable[[BatchRecord], None] | None = None) -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[list[T_IN]], Any],
+        *,
+        max_batch_size: int,
+        wait_budget_s: float,
+        queue_delay_s: float = 0.0,
+        observer: Callable[[BatchRecord], None] | None = None,
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self._run_batch = run_batch  # async callable: awaits the batch (e.g. in a thread)
@@ -169,8 +177,9 @@ class GreedyBatcher(Generic[T_IN, T_OUT]):
                 reason = "idle"
                 if self.queue_delay_s > 0 and len(self._queue) < self.max_batch_size:
                     await self._gather_for(self.queue_delay_s)
-            batch = [self._queue.popleft()
-                     for _ in range(min(self.max_batch_size, len(self._queue)))]
+            batch = [
+                self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))
+            ]
             if self._queue:
                 reason = "full"
             live = [p for p in batch if not p.future.done()]
@@ -209,8 +218,9 @@ class GreedyBatcher(Generic[T_IN, T_OUT]):
         try:
             results: list[Any] | None = list(await self._run_batch([p.item for p in batch]))
             if len(results) != len(batch):
-                raise RuntimeError(f"batch function returned {len(results)} results for "
-                                   f"{len(batch)} items")
+                raise RuntimeError(
+                    f"batch function returned {len(results)} results for {len(batch)} items"
+                )
             errors: list[BaseException | None] = [None] * len(batch)
         except Exception:  # isolate the culprit: each item alone
             results, errors = [], []
@@ -224,8 +234,11 @@ class GreedyBatcher(Generic[T_IN, T_OUT]):
                     errors.append(exc)
         finished = time.perf_counter()
         duration = finished - started
-        self._batch_s = duration if self._batch_s is None else \
-            (1 - DURATION_SMOOTHING) * self._batch_s + DURATION_SMOOTHING * duration
+        self._batch_s = (
+            duration
+            if self._batch_s is None
+            else (1 - DURATION_SMOOTHING) * self._batch_s + DURATION_SMOOTHING * duration
+        )
         self._busy_since = None
         self._idle_since = finished
         for p, result, error in zip(batch, results, errors, strict=True):

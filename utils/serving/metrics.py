@@ -9,53 +9,74 @@ the public `get_sample_value` API.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from utils.serving.greedy import BatchRecord
 
+if TYPE_CHECKING:
+    from utils.model.runtime import ModelRuntime
+
 PREFIX = "rfloc"
 
-PREDICTIONS = Counter(f"{PREFIX}_predictions", "Predictions served, by endpoint",
-                      ["endpoint"])
+PREDICTIONS = Counter(f"{PREFIX}_predictions", "Predictions served, by endpoint", ["endpoint"])
 INFERENCE_SECONDS = Histogram(
-    f"{PREFIX}_inference_seconds", "Preprocessing + model time per batch",
+    f"{PREFIX}_inference_seconds",
+    "Preprocessing + model time per batch",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 STAGE_SECONDS = Histogram(
-    f"{PREFIX}_stage_seconds", "Time spent per request or batch, by stage", ["stage"],
+    f"{PREFIX}_stage_seconds",
+    "Time spent per request or batch, by stage",
+    ["stage"],
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 REQUEST_SECONDS = Histogram(
-    f"{PREFIX}_request_seconds", "Handler time of prediction requests, by endpoint",
+    f"{PREFIX}_request_seconds",
+    "Handler time of prediction requests, by endpoint",
     ["endpoint"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-BATCH_SIZE = Histogram(f"{PREFIX}_batch_size", "Samples per batched inference",
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+BATCH_SIZE = Histogram(
+    f"{PREFIX}_batch_size",
+    "Samples per batched inference",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 QUEUE_WAIT_SECONDS = Histogram(
     f"{PREFIX}_batch_queue_wait_seconds",
     "Time each item waited in the greedy batcher's queue before its batch started",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
-BATCHES = Counter(f"{PREFIX}_batches", "Batches run by the greedy batcher, by why they left: "
-                  "idle (found the model idle), queued (waited behind a batch), full (more "
-                  "were waiting)", ["reason"])
-OVERLOADED = Counter(f"{PREFIX}_overloaded", "Requests refused with 503 because their expected "
-                     "queue wait exceeded the wait budget")
+BATCHES = Counter(
+    f"{PREFIX}_batches",
+    "Batches run by the greedy batcher, by why they left: "
+    "idle (found the model idle), queued (waited behind a batch), full (more "
+    "were waiting)",
+    ["reason"],
+)
+OVERLOADED = Counter(
+    f"{PREFIX}_overloaded",
+    "Requests refused with 503 because their expected queue wait exceeded the wait budget",
+)
 MODEL_INFERENCES = Counter(f"{PREFIX}_model_inferences", "Samples run through the model")
 ERRORS = Counter(f"{PREFIX}_errors", "Rejected or failed requests, by type", ["type"])
 CACHE_HITS = Counter(f"{PREFIX}_cache_hits", "Prediction cache hits")
 CACHE_MISSES = Counter(f"{PREFIX}_cache_misses", "Prediction cache misses")
 CACHE_BYPASS = Counter(f"{PREFIX}_cache_bypass", "Predictions asked with cache_enabled=false")
-CACHE_ERRORS = Counter(f"{PREFIX}_cache_errors", "Cache backend failures (served uncached)",
-                       ["op"])
-WORKER_PREDICTIONS = Gauge(f"{PREFIX}_worker_predictions",
-                           "Predictions served by each worker process (pid label)",
-                           multiprocess_mode="all")
-MODEL_INFO = Gauge(f"{PREFIX}_model_info", "The served model (value 1)",
-                   ["name", "version", "sha256", "bento_tag"], multiprocess_mode="max")
+CACHE_ERRORS = Counter(f"{PREFIX}_cache_errors", "Cache backend failures (served uncached)", ["op"])
+WORKER_PREDICTIONS = Gauge(
+    f"{PREFIX}_worker_predictions",
+    "Predictions served by each worker process (pid label)",
+    multiprocess_mode="all",
+)
+MODEL_INFO = Gauge(
+    f"{PREFIX}_model_info",
+    "The served model (value 1)",
+    ["name", "version", "sha256", "bento_tag"],
+    multiprocess_mode="max",
+)
 
 
 def _registry() -> CollectorRegistry:
@@ -78,8 +99,11 @@ def service_stats() -> tuple[int, float | None, float | None]:
     count = value(f"{PREFIX}_request_seconds_count", {"endpoint": "predict"})
     total = value(f"{PREFIX}_request_seconds_sum", {"endpoint": "predict"})
     hits, misses = value(f"{PREFIX}_cache_hits_total"), value(f"{PREFIX}_cache_misses_total")
-    return (inferences, 1000.0 * total / count if count else None,
-            hits / (hits + misses) if hits + misses else None)
+    return (
+        inferences,
+        1000.0 * total / count if count else None,
+        hits / (hits + misses) if hits + misses else None,
+    )
 
 
 def observe_batch(record: BatchRecord) -> None:
@@ -94,3 +118,11 @@ def count_predictions(route: str, samples: int, elapsed_s: float) -> None:
     PREDICTIONS.labels(route).inc(samples)
     WORKER_PREDICTIONS.inc(samples)
     REQUEST_SECONDS.labels(route).observe(elapsed_s)
+
+
+def model_loaded(runtime: ModelRuntime, tag: str, tag_name: str) -> None:
+    """`rfloc_model_info`: which model this worker serves (registry name, version, sha256)."""
+    meta = runtime.metadata
+    MODEL_INFO.labels(
+        meta.registered_name or tag_name, meta.mlflow_version, runtime.sha256, tag
+    ).set(1)
