@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: serve test bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help
+.PHONY: serve test lint bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -41,6 +41,11 @@ serve: import
 
 test: install-test
 	$(PY) -m pytest
+
+# Lint as a habit (CI runs it before the tests): ruff's checks and its formatter, unchanged.
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bento: import
 	BENTOML_DO_NOT_TRACK=True $(VENV)/bin/bentoml build .

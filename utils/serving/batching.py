@@ -7,7 +7,7 @@
   `batchable=True`) living in the worker, without the HTTP hop. Its wait estimate remembers past
   queueing, so a burst slows later lone requests for minutes (README, Batching); kept to compare.
   It lives in BentoML's private package and is imported only when selected: a BentoML that moves
-  it fails loudly here (and in `tests/test_greedy_batching.py`), not on the default path.
+  it fails loudly here (and in `tests/unit/test_greedy_batching.py`), not on the default path.
 - `proxy`: no batcher here; the service calls its batchable `infer` API through
   `self.to_async.infer` (BentoML's documented route, CORK behind an in-process HTTP client).
 
