@@ -25,6 +25,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import bentoml  # noqa: E402
 
 from utils.api import ellipse_conversion, errors  # noqa: E402
+from utils.api.iq_json import SCOPE_KEY, ParsedIQ  # noqa: E402
 from utils.api.model_info import describe  # noqa: E402
 from utils.api.pipeline import Pipeline, infer_canonical  # noqa: E402
 from utils.api.responses import utc_now  # noqa: E402
@@ -40,6 +41,7 @@ from utils.api.schemas import (  # noqa: E402
 )
 from utils.asgi.body_size_limit import BodySizeLimit  # noqa: E402
 from utils.asgi.get_as_post import GetAsPost  # noqa: E402
+from utils.asgi.iq_fast_path import IQFastPath  # noqa: E402
 from utils.asgi.json_only import JSONOnly  # noqa: E402
 from utils.asgi.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
 from utils.config import get_settings  # noqa: E402
@@ -54,6 +56,11 @@ WORKERS = settings.service_workers or (os.cpu_count() or 1)
 MODEL_TAG = settings.bento_model_tag or f"{settings.bento_model_name}:latest"
 _NEVER = 2**31 - 1
 check_model_store(MODEL_TAG)
+
+
+def parsed_iq(ctx: bentoml.Context) -> ParsedIQ | None:
+    """The IQ field the fast path already parsed from this request's bytes, if it did."""
+    return ctx.request.scope.get(SCOPE_KEY)
 
 
 @bentoml.service(
@@ -117,26 +124,26 @@ class Localization:
         return infer_canonical(self.runtime, captures)
 
     @bentoml.api(route="/predict", input_spec=PredictRequest)
-    async def predict(self, **request: Any) -> PredictionResponse:
+    async def predict(self, ctx: bentoml.Context, **request: Any) -> PredictionResponse:
         """Predict one transmitter position from one capture per receiver."""
         req = PredictRequest.model_construct(**request)
         started = time.perf_counter()
         try:
-            response = await self.pipeline.predict_one(req, started)
+            response = await self.pipeline.predict_one(req, started, parsed_iq(ctx))
         except Exception as exc:  # noqa: BLE001 - to_response re-raises what it does not know
-            return errors.to_response(exc, self.tag)  # type: ignore[return-value]
+            return self._error(ctx, exc)
         metrics.count_predictions("predict", 1, time.perf_counter() - started)
         return response
 
     @bentoml.api(route="/predict_batch", input_spec=PredictBatchRequest)
-    async def predict_batch(self, **request: Any) -> BatchPredictionResponse:
+    async def predict_batch(self, ctx: bentoml.Context, **request: Any) -> BatchPredictionResponse:
         """Predict several samples; results come back in request order."""
         req = PredictBatchRequest.model_construct(**request)
         started = time.perf_counter()
         try:
-            predictions = await self.pipeline.predict_many(req, started)
+            predictions = await self.pipeline.predict_many(req, started, parsed_iq(ctx))
         except Exception as exc:  # noqa: BLE001 - to_response re-raises what it does not know
-            return errors.to_response(exc, self.tag)  # type: ignore[return-value]
+            return self._error(ctx, exc)
         elapsed = time.perf_counter() - started
         metrics.count_predictions("predict_batch", len(predictions), elapsed)
         return BatchPredictionResponse(
@@ -144,6 +151,12 @@ class Localization:
             total_time_ms=1000.0 * elapsed,
             samples_per_second=len(predictions) / elapsed if elapsed > 0 else 0.0,
         )
+
+    def _error(self, ctx: bentoml.Context, exc: Exception) -> Any:
+        """An API error as a response; with a `ctx` parameter BentoML takes the status from it."""
+        response = errors.to_response(exc, self.tag)
+        ctx.response.status_code = response.status_code
+        return response
 
     @bentoml.api(route="/ellipse", input_spec=EllipseRequest)
     def ellipse(self, **request: Any) -> Ellipse:
@@ -172,5 +185,8 @@ Localization.add_asgi_middleware(
 Localization.add_asgi_middleware(GetAsPost, paths=("/model/info",))
 Localization.add_asgi_middleware(
     JSONOnly, paths=("/predict", "/predict_batch", "/ellipse", "/model/info", "/infer")
+)
+Localization.add_asgi_middleware(
+    IQFastPath, fields={"/predict": "iq_data", "/predict_batch": "iq_samples"}
 )
 Localization.add_asgi_middleware(OpenAPIFix, nullable=nullable_fields(API_MODELS))

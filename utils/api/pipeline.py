@@ -24,6 +24,7 @@ from utils.api.decoding import (
     is_verbatim,
 )
 from utils.api.errors import BrokenModel, InvalidField
+from utils.api.iq_json import ParsedIQ
 from utils.api.responses import ModelOutputError, build_predictions, utc_now
 from utils.api.schemas import PredictBatchRequest, PredictionResponse, PredictRequest
 from utils.config import Settings
@@ -148,17 +149,23 @@ class Pipeline:
         await self.cache.close()
 
     # --- decoding ----------------------------------------------------------------------------
-    async def decode_one(self, req: PredictRequest) -> np.ndarray:
+    async def decode_one(self, req: PredictRequest, parsed: ParsedIQ | None = None) -> np.ndarray:
         spec = self.runtime.spec
         if req.iq_b64 is not None:
             return decode_iq_b64(req.iq_b64, spec, self.max_samples)
-        # the heavy path: off the event loop so the batcher keeps dispatching
+        if parsed is not None:  # parsed from the bytes already (utils/asgi/iq_fast_path.py)
+            return decode_iq_data(parsed.captures[0], spec, self.max_samples)
+        # the slow path: off the event loop so the batcher keeps dispatching
         return await anyio.to_thread.run_sync(
             decode_iq_data, req.iq_data or [], spec, self.max_samples
         )
 
-    async def decode_many(self, req: PredictBatchRequest) -> tuple[list[np.ndarray], str]:
-        items: list[Any] = list(req.iq_b64_samples or req.iq_samples or [])
+    async def decode_many(
+        self, req: PredictBatchRequest, parsed: ParsedIQ | None = None
+    ) -> tuple[list[np.ndarray], str]:
+        items: list[Any] = list(
+            req.iq_b64_samples or (parsed.captures if parsed else req.iq_samples) or []
+        )
         field = "iq_b64_samples" if req.iq_b64_samples is not None else "iq_samples"
         if len(items) > self.max_batch_items:
             raise InvalidField(
@@ -244,19 +251,21 @@ class Pipeline:
                 response.inference_time_ms = elapsed_ms
         return final
 
-    async def predict_one(self, req: PredictRequest, started: float) -> PredictionResponse:
+    async def predict_one(
+        self, req: PredictRequest, started: float, parsed: ParsedIQ | None = None
+    ) -> PredictionResponse:
         """`/predict`: decode, then the shared path."""
-        capture = await self.decode_one(req)
+        capture = await self.decode_one(req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         field = "iq_b64" if req.iq_b64 is not None else "iq_data"
         (response,) = await self.predict([capture], req, started, field)
         return response
 
     async def predict_many(
-        self, req: PredictBatchRequest, started: float
+        self, req: PredictBatchRequest, started: float, parsed: ParsedIQ | None = None
     ) -> list[PredictionResponse]:
         """`/predict_batch`: decode every item (errors name `field[i]`), then the shared path."""
-        captures, field = await self.decode_many(req)
+        captures, field = await self.decode_many(req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         return await self.predict(captures, req, started, field)
 

@@ -62,6 +62,12 @@ OVERLOADED = Counter(
 )
 MODEL_INFERENCES = Counter(f"{PREFIX}_model_inferences", "Samples run through the model")
 ERRORS = Counter(f"{PREFIX}_errors", "Rejected or failed requests, by type", ["type"])
+IQ_FAST_PATH = Counter(
+    f"{PREFIX}_iq_json_fast_path",
+    "iq_data / iq_samples bodies by what the msgspec fast path did: parsed, refused (400), "
+    "or passed to the standard parser (shapes and JSON it leaves to it)",
+    ["result"],
+)
 CACHE_HITS = Counter(f"{PREFIX}_cache_hits", "Prediction cache hits")
 CACHE_MISSES = Counter(f"{PREFIX}_cache_misses", "Prediction cache misses")
 CACHE_BYPASS = Counter(f"{PREFIX}_cache_bypass", "Predictions asked with cache_enabled=false")

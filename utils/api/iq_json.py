@@ -1,0 +1,132 @@
+"""`iq_data` JSON (`[[I, Q], ...]` per receiver) -> float32 arrays at parse speed.
+
+A 2 MB `iq_data` body costs the standard path about 67 ms of CPU before any batching: the JSON
+parser builds 170 000 Python floats and lists, pydantic walks them, numpy copies them again
+(`benchmarks/decode_bench.py`). Here msgspec decodes the bytes of the field straight into typed
+pairs (numbers only, pairs of exactly two, no booleans), and numpy takes them in one copy; the
+rest of the body is split into raw spans without being parsed, so BentoML still validates every
+other field as before.
+
+Errors are `InvalidField` naming the field and the position, e.g. `iq_data[2][17][1]`.
+Anything this fast path does not recognise (other nesting depths, invalid JSON, NaN) is left
+to the standard path and its errors, so both paths answer the same inputs the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from utils.api.errors import InvalidField
+
+#: Where the ASGI fast path leaves a `ParsedIQ` in the request's scope.
+SCOPE_KEY = "rfloc.parsed_iq"
+
+
+@dataclass(frozen=True)
+class ParsedIQ:
+    """A request's IQ field, parsed from its bytes: one float32 array per capture."""
+
+    field: str
+    captures: list[np.ndarray]
+
+
+_PAIRS_2D = msgspec.json.Decoder(list[tuple[float, float]])  # one receiver: [[I, Q], ...]
+_PAIRS_3D = msgspec.json.Decoder(list[list[tuple[float, float]]])  # [[[I, Q], ...], ...]
+_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+_FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_PATH = re.compile(r" - at `\$((?:\[\d+\])*)`$")
+_WHITESPACE = b" \t\r\n"
+
+
+def nesting(raw: bytes) -> int:
+    """How many `[` open the value before its first number (0 when it is not a list)."""
+    depth = 0
+    for byte in raw.lstrip(_WHITESPACE)[:16]:
+        if byte == ord("["):
+            depth += 1
+        elif byte not in _WHITESPACE:
+            break
+    return depth
+
+
+def split_fields(body: bytes) -> dict[str, msgspec.Raw] | None:
+    """A JSON object's fields as raw byte spans, unparsed; None when it is not valid JSON
+    (the standard path then answers its usual error)."""
+    try:
+        return _FIELDS.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def join_fields(fields: dict[str, msgspec.Raw | bytes]) -> bytes:
+    """The inverse of `split_fields` (each span is already valid JSON)."""
+    return (
+        b"{" + b",".join(msgspec.json.encode(k) + b":" + bytes(v) for k, v in fields.items()) + b"}"
+    )
+
+
+def parse_capture(raw: bytes, field: str) -> np.ndarray | None:
+    """`[[I, Q], ...]` or `[[[I, Q], ...], ...]` -> float32 `[samples, 2]` or
+    `[receivers, samples, 2]`; None for other shapes (the standard path explains those)."""
+    depth = nesting(raw)
+    if depth not in (2, 3):
+        return None
+    decoder = _PAIRS_2D if depth == 2 else _PAIRS_3D
+    try:
+        pairs = decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        if "out of range" in str(exc):  # 1e999: the standard path reads inf and refuses it
+            return None
+        raise _invalid(field, str(exc)) from None
+    except msgspec.DecodeError:
+        return None  # not JSON numbers (e.g. NaN): the standard path's error
+    if depth == 3:
+        lengths = [len(receiver) for receiver in pairs]
+        odd = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
+        if odd is not None:
+            raise InvalidField(
+                f"{field}[{odd}]",
+                f"ragged nesting: {lengths[odd]} [I, Q] pairs, receiver 0 has {lengths[0]}; "
+                "every receiver needs the same number",
+            )
+    return np.asarray(pairs, dtype=np.float32)
+
+
+def parse_captures(raw: bytes, field: str) -> list[np.ndarray] | None:
+    """A `/predict_batch` list of captures; None when any item is not for the fast path."""
+    try:
+        items = _ITEMS.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    out = []
+    for index, item in enumerate(items):
+        parsed = parse_capture(bytes(item), f"{field}[{index}]")
+        if parsed is None:
+            return None
+        out.append(parsed)
+    return out
+
+
+def _invalid(field: str, message: str) -> InvalidField:
+    """msgspec's 'Expected `float`, got `str` - at `$[0][3][1]`' -> an error naming the spot."""
+    found = _PATH.search(message)
+    where = f"{field}{found.group(1)}" if found else field
+    problem = message[: found.start()] if found else message
+    if (
+        "got `bool`" in problem
+        or "got `str`" in problem
+        or "got `null`" in problem
+        or ("got `object`" in problem)
+    ):
+        kind = re.search(r"got `(\w+)`", problem)
+        got = {"bool": "booleans", "str": "strings", "null": "null", "object": "objects"}
+        return InvalidField(
+            where, f"IQ values must be numbers, got {got[kind.group(1)] if kind else 'other'}"
+        )
+    if "length 2" in problem:
+        return InvalidField(where, f"each sample must be an [I, Q] pair ({problem})")
+    return InvalidField(where, f"expected [[I, Q], ...] per receiver: {problem}")
