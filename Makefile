@@ -63,10 +63,12 @@ load: install-test
 	  --host $(URL) --csv benchmarks/results/locust --html benchmarks/results/locust.html \
 	  --only-summary
 
-# Benchmark against the peers (mlflow models serve, a per-request FastAPI server), then
+# The iq_data decode micro-benchmark; the peers (mlflow models serve, a per-request FastAPI
+# server); then
 # burst-then-quiet for every batching policy (greedy, cork, proxy), then greedy against CORK
 # under sustained load, interleaved round by round.
 benchmark: import install-test
+	$(PY) -m benchmarks.decode_bench
 	$(PY) -m benchmarks.compare
 	$(PY) -m benchmarks.burst
 	$(PY) -m benchmarks.steady

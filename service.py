@@ -59,8 +59,9 @@ check_model_store(MODEL_TAG)
 
 
 def parsed_iq(ctx: bentoml.Context) -> ParsedIQ | None:
-    """The IQ field the fast path already parsed from this request's bytes, if it did."""
-    return ctx.request.scope.get(SCOPE_KEY)
+    """The IQ field the fast path already parsed from this request's bytes, if it did (taken
+    out of the scope: nothing else should hold the arrays once the request is answered)."""
+    return ctx.request.scope.pop(SCOPE_KEY, None)
 
 
 @bentoml.service(
@@ -187,6 +188,8 @@ Localization.add_asgi_middleware(
     JSONOnly, paths=("/predict", "/predict_batch", "/ellipse", "/model/info", "/infer")
 )
 Localization.add_asgi_middleware(
-    IQFastPath, fields={"/predict": "iq_data", "/predict_batch": "iq_samples"}
+    IQFastPath,
+    fields={"/predict": "iq_data", "/predict_batch": "iq_samples"},
+    others={"/predict": "iq_b64", "/predict_batch": "iq_b64_samples"},
 )
 Localization.add_asgi_middleware(OpenAPIFix, nullable=nullable_fields(API_MODELS))

@@ -16,6 +16,21 @@ def test_ellipse_bench_writes_its_results(tmp_path: Path) -> None:
     assert (tmp_path / "ellipse.md").read_text().startswith("| case |")
 
 
+def test_decode_bench_paths_agree_and_write_results(tmp_path: Path) -> None:
+    from benchmarks.decode_bench import main as decode_bench
+
+    assert decode_bench(["--repeats", "2", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "decode.json").read_text())
+    assert [r["path"] for r in data["rows"]] == [
+        "stdlib",
+        "pydantic (before)",
+        "msgspec fast path (now)",
+    ]
+    assert data["meta"]["body_bytes"] > 1_000_000 and all(
+        r["ms_per_body"] > 0 for r in data["rows"]
+    )
+
+
 def test_compare_runs_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
     """Every server of the comparison starts, answers and lands in the results."""
     from benchmarks.compare import main as compare

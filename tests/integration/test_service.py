@@ -62,9 +62,13 @@ def post(server: Server, path: str, body: object, timeout: float = 60) -> httpx.
 
 def test_predict_with_both_encodings(server: Server, spec: FeatureSpec) -> None:
     capture = generate_scenes(1, seed=321, spec=spec).iq[0]
+    parsed = 'rfloc_iq_json_fast_path_total{result="parsed"}'
+    before = _counter(server, parsed)
     by_pairs = post(server, "/predict", {"iq_data": pairs(capture), "session_id": "op-7"})
-    by_b64 = post(server, "/predict", {"iq_b64": b64(capture)})
+    # computed, not a cache hit on the iq_data answer: both decoders reach the same samples
+    by_b64 = post(server, "/predict", {"iq_b64": b64(capture), "cache_enabled": False})
     assert by_pairs.status_code == 200 and by_b64.status_code == 200, by_pairs.text
+    assert _counter(server, parsed) == before + 1  # iq_data took the msgspec fast path
     a, b = by_pairs.json(), by_b64.json()
     assert a["position"] == b["position"] and a["uncertainty"] == b["uncertainty"]
     assert a["session_id"] == "op-7" and b["session_id"] is None

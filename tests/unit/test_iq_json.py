@@ -97,6 +97,9 @@ def test_fields_split_and_join_without_parsing() -> None:
         "confidence_level": 0.9,
     }
     assert split_fields(b"{not json") is None and split_fields(b"[1]") is None
+    deep = b'{"iq_data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert split_fields(deep) is None  # msgspec's recursion limit: the standard path answers
+    assert parse_captures(b"[" * 100_000 + b"]" * 100_000, "iq_samples") is None
     assert [nesting(b) for b in (b" [[ [1", b"[1]", b"{}", b"[[[[")] == [3, 1, 0, 4]
 
 
@@ -109,14 +112,17 @@ class Echo:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
         self.parsed: list[Any] = []
+        self.messages: list[int] = []  # body messages per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body, more = b"", True
+        body, more, count = b"", True, 0
         while more:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
+            count += 1
         self.bodies.append(body)
+        self.messages.append(count)
         self.parsed.append(scope.get(SCOPE_KEY))
         length = dict(scope["headers"]).get(b"content-length")
         assert length is None or int(length) == len(body)
@@ -176,3 +182,41 @@ def test_middleware_passes_what_it_does_not_parse_unchanged(path: str, body: byt
     echo = Echo()
     assert post(IQFastPath(echo, FIELDS), path, body).status_code == 200
     assert echo.bodies == [body] and echo.parsed == [None]
+
+
+def run_chunks(app: Any, path: str, chunks: list[bytes]) -> list[dict[str, Any]]:
+    """Drive the ASGI app with a body arriving in `chunks`; the messages it sent back."""
+    pending = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_an_iq_b64_body_streams_through_without_being_buffered() -> None:
+    echo = Echo()
+    chunks = [b'{"cache_enabled": false, "iq_b64": "AAAA', b"AAAA" * 1000, b'"}']
+    app = IQFastPath(echo, FIELDS, others={"/predict": "iq_b64"})
+    sent = run_chunks(app, "/predict", chunks)
+    assert sent[0]["status"] == 200 and echo.bodies == [b"".join(chunks)]
+    assert echo.parsed == [None] and echo.messages == [3]  # relayed as it came, not buffered
+
+
+def test_a_field_name_split_across_chunks_is_still_found() -> None:
+    echo = Echo()
+    body = json.dumps({"iq_data": [[[1, 2]] * 3] * 2}).encode()
+    chunks = [body[:5], body[5:9], body[9:]]  # '{"iq_' | 'data' | '": [...'
+    app = IQFastPath(echo, FIELDS, others={"/predict": "iq_b64"})
+    run_chunks(app, "/predict", chunks)
+    assert json.loads(echo.bodies[0]) == {"iq_data": []}
+    assert echo.parsed[0].captures[0].shape == (2, 3, 2)

@@ -58,7 +58,7 @@ def split_fields(body: bytes) -> dict[str, msgspec.Raw] | None:
     (the standard path then answers its usual error)."""
     try:
         return _FIELDS.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # e.g. 100k `[`
         return None
 
 
@@ -82,7 +82,7 @@ def parse_capture(raw: bytes, field: str) -> np.ndarray | None:
         if "out of range" in str(exc):  # 1e999: the standard path reads inf and refuses it
             return None
         raise _invalid(field, str(exc)) from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None  # not JSON numbers (e.g. NaN): the standard path's error
     if depth == 3:
         lengths = [len(receiver) for receiver in pairs]
@@ -100,7 +100,7 @@ def parse_captures(raw: bytes, field: str) -> list[np.ndarray] | None:
     """A `/predict_batch` list of captures; None when any item is not for the fast path."""
     try:
         items = _ITEMS.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
     out = []
     for index, item in enumerate(items):
