@@ -25,7 +25,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import bentoml  # noqa: E402
 
 from utils.api import ellipse_conversion, errors  # noqa: E402
-from utils.api.iq_json import SCOPE_KEY, ParsedIQ  # noqa: E402
+from utils.api.iq_json import take_parsed  # noqa: E402
 from utils.api.model_info import describe  # noqa: E402
 from utils.api.pipeline import Pipeline, infer_canonical  # noqa: E402
 from utils.api.responses import utc_now  # noqa: E402
@@ -56,12 +56,6 @@ WORKERS = settings.service_workers or (os.cpu_count() or 1)
 MODEL_TAG = settings.bento_model_tag or f"{settings.bento_model_name}:latest"
 _NEVER = 2**31 - 1
 check_model_store(MODEL_TAG)
-
-
-def parsed_iq(ctx: bentoml.Context) -> ParsedIQ | None:
-    """The IQ field the fast path already parsed from this request's bytes, if it did (taken
-    out of the scope: nothing else should hold the arrays once the request is answered)."""
-    return ctx.request.scope.pop(SCOPE_KEY, None)
 
 
 @bentoml.service(
@@ -95,11 +89,7 @@ class Localization:
         for warning in self.runtime.warnings:
             log.warning(warning)
         log.info(
-            "serving %s (%s) with %s, %s cache",
-            self.tag,
-            self.model_version,
-            self.runtime.providers,
-            self.pipeline.cache.backend,
+            "serving %s (%s), %s cache", self.tag, self.model_version, self.pipeline.cache.backend
         )
 
     def __is_ready__(self) -> bool:
@@ -130,7 +120,7 @@ class Localization:
         req = PredictRequest.model_construct(**request)
         started = time.perf_counter()
         try:
-            response = await self.pipeline.predict_one(req, started, parsed_iq(ctx))
+            response = await self.pipeline.predict_one(req, started, take_parsed(ctx.request.scope))
         except Exception as exc:  # noqa: BLE001 - to_response re-raises what it does not know
             return self._error(ctx, exc)
         metrics.count_predictions("predict", 1, time.perf_counter() - started)
@@ -142,7 +132,9 @@ class Localization:
         req = PredictBatchRequest.model_construct(**request)
         started = time.perf_counter()
         try:
-            predictions = await self.pipeline.predict_many(req, started, parsed_iq(ctx))
+            predictions = await self.pipeline.predict_many(
+                req, started, take_parsed(ctx.request.scope)
+            )
         except Exception as exc:  # noqa: BLE001 - to_response re-raises what it does not know
             return self._error(ctx, exc)
         elapsed = time.perf_counter() - started

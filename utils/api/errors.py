@@ -61,7 +61,7 @@ def to_response(exc: Exception, model_tag: str) -> JSONResponse:
         )
     if isinstance(exc, BrokenModel):  # the model is at fault: 5xx naming it and the sample
         metrics.ERRORS.labels("model_output").inc()
-        reason = str(exc.error).split(": ", 1)[1]
+        reason = exc.error.reason
         log.error("model %s returned invalid outputs (%s) for %s", model_tag, reason, exc.field)
         return error_body(
             f"model {model_tag} returned invalid outputs ({reason}) for "

@@ -15,7 +15,9 @@ to the standard path and its errors, so both paths answer the same inputs the sa
 from __future__ import annotations
 
 import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -32,6 +34,12 @@ class ParsedIQ:
 
     field: str
     captures: list[np.ndarray]
+
+
+def take_parsed(scope: MutableMapping[str, Any]) -> ParsedIQ | None:
+    """The IQ field the ASGI fast path parsed from this request's bytes, if it did; taken out
+    of the scope, since BentoML keeps a request's scope after the response is sent."""
+    return scope.pop(SCOPE_KEY, None)
 
 
 _PAIRS_2D = msgspec.json.Decoder(list[tuple[float, float]])  # one receiver: [[I, Q], ...]

@@ -231,7 +231,7 @@ class Pipeline:
             except ModelOutputError as exc:  # attribute it to the request's own index
                 index = misses[exc.index]
                 raise BrokenModel(
-                    ModelOutputError(index, str(exc).split(": ", 1)[1]),
+                    ModelOutputError(index, exc.reason),
                     field if isinstance(req, PredictRequest) else f"{field}[{index}]",
                 ) from None
             for i, response in zip(misses, fresh, strict=True):

@@ -36,9 +36,10 @@ MAX_ABS_RHO = 0.999_999
 class ModelOutputError(RuntimeError):
     """The model answered a valid input with outputs no model may give: it is broken."""
 
-    def __init__(self, index: int, message: str) -> None:
+    def __init__(self, index: int, reason: str) -> None:
         self.index = index
-        super().__init__(f"sample {index}: {message}")
+        self.reason = reason
+        super().__init__(f"sample {index}: {reason}")
 
 
 def utc_now() -> str:

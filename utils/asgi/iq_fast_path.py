@@ -79,7 +79,7 @@ class IQFastPath:
                 )
             metrics.IQ_FAST_PATH.labels("passed" if parsed is None else "parsed").inc()
             # A scope of this request's own: BentoML keeps the original past the response,
-            # and the API method takes the arrays out of this one (service.parsed_iq).
+            # and the API method takes the arrays out of this one (utils.api.iq_json.take_parsed).
             scope = _with_length(scope, len(body))
             if parsed is not None:
                 scope[SCOPE_KEY] = parsed
