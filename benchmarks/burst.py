@@ -31,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.compare import RESULTS, free_port, import_model_into, server, write_results
+from benchmarks.compare import (
+    RESULTS,
+    bentoml_serve,
+    free_port,
+    import_model_into,
+    write_results,
+)
 from benchmarks.loadgen import LoadResult, run_for, run_load
 from utils.api.decoding import decode_iq_b64, encode_capture
 from utils.dsp.feature_spec import FeatureSpec
@@ -100,19 +106,9 @@ def measure_policy(
 ) -> list[dict[str, Any]]:
     port = free_port()
     rows = []
-    with server(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "service:Localization",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        f"http://127.0.0.1:{port}/readyz",
+    with bentoml_serve(
+        "service:Localization",
+        port,
         {**env, "BATCH_DISPATCH": policy},
         work / f"{policy}.log",
     ):
@@ -134,19 +130,9 @@ def echo_floor_ms(
     env: dict[str, str], work: Path, b64: list[dict[str, Any]], requests: int
 ) -> dict[str, Any]:
     port = free_port()
-    with server(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "benchmarks.echo_service:Echo",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        f"http://127.0.0.1:{port}/readyz",
+    with bentoml_serve(
+        "benchmarks.echo_service:Echo",
+        port,
         env,
         work / "echo.log",
     ):

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,14 @@ def server(
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def bentoml_serve(
+    target: str, port: int, env: dict[str, str], log: Path
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """`bentoml serve <target>` on 127.0.0.1:`port`, ready once `/readyz` answers."""
+    args = [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)]
+    return server([*args, "--host", "127.0.0.1"], f"http://127.0.0.1:{port}/readyz", env, log)
+
+
 def measure(
     name: str,
     encoding: str,
@@ -257,19 +265,9 @@ def run(
     }
     port = free_port()
     cache_hit: dict[str, Any] = {}
-    with server(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "service:Localization",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        f"http://127.0.0.1:{port}/readyz",
+    with bentoml_serve(
+        "service:Localization",
+        port,
         env,
         work / "bentoml.log",
     ) as proc:

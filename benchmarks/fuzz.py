@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.compare import free_port, import_model_into, server
+from benchmarks.compare import bentoml_serve, free_port, import_model_into
 from utils.config import get_settings
 
 
@@ -28,19 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     import_model_into(home, get_settings().mlflow_tracking_uri)
     port = free_port()
     env = {"BENTOML_HOME": str(home), "SERVICE_WORKERS": "1", "BENTOML_DO_NOT_TRACK": "True"}
-    with server(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "service:Localization",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        f"http://127.0.0.1:{port}/readyz",
+    with bentoml_serve(
+        "service:Localization",
+        port,
         env,
         work / "serve.log",
     ):

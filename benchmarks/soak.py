@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.compare import RESULTS, free_port, import_model_into, server
+from benchmarks.compare import RESULTS, bentoml_serve, free_port, import_model_into
 from utils.config import PROJECT_ROOT, get_settings
 
 
@@ -49,19 +49,9 @@ def soak(
         "BENTOML_DO_NOT_TRACK": "True",
     }
     samples: list[tuple[float, float]] = []
-    with server(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "service:Localization",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        f"http://127.0.0.1:{port}/readyz",
+    with bentoml_serve(
+        "service:Localization",
+        port,
         env,
         work / "serve.log",
     ) as proc:

@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.burst import _burst
-from benchmarks.compare import RESULTS, free_port, import_model_into, server, write_results
+from benchmarks.compare import (
+    RESULTS,
+    bentoml_serve,
+    free_port,
+    import_model_into,
+    write_results,
+)
 from benchmarks.loadgen import run_load
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec
@@ -138,19 +144,9 @@ def run(
             (home / "models").symlink_to(work / "bentoml" / "models")
             port = free_port()
             stack.enter_context(
-                server(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bentoml",
-                        "serve",
-                        "service:Localization",
-                        "--port",
-                        str(port),
-                        "--host",
-                        "127.0.0.1",
-                    ],
-                    f"http://127.0.0.1:{port}/readyz",
+                bentoml_serve(
+                    "service:Localization",
+                    port,
                     {
                         "BENTOML_HOME": str(home),
                         "BENTOML_DO_NOT_TRACK": "True",
