@@ -6,20 +6,23 @@ import json
 import os
 from pathlib import Path
 
-from benchmarks.ellipse_bench import main as ellipse_bench
+from tests.support.scripts import run_script
 
 
 def test_ellipse_bench_writes_its_results(tmp_path: Path) -> None:
-    assert ellipse_bench(["--iterations", "3", "--points", "16", "--out", str(tmp_path)]) == 0
+    done = run_script(
+        "benchmarks.ellipse_bench", "--iterations", "3", "--points", "16", "--out", str(tmp_path)
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads((tmp_path / "ellipse.json").read_text())
     assert len(data["rows"]) == 3 and all(r["us_per_ellipse"] > 0 for r in data["rows"])
     assert (tmp_path / "ellipse.md").read_text().startswith("| case |")
 
 
 def test_decode_bench_paths_agree_and_write_results(tmp_path: Path) -> None:
-    from benchmarks.decode_bench import main as decode_bench
 
-    assert decode_bench(["--repeats", "2", "--out", str(tmp_path)]) == 0
+    done = run_script("benchmarks.decode_bench", "--repeats", "2", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads((tmp_path / "decode.json").read_text())
     assert [r["path"] for r in data["rows"]] == [
         "stdlib",
@@ -33,32 +36,27 @@ def test_decode_bench_paths_agree_and_write_results(tmp_path: Path) -> None:
 
 def test_compare_runs_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
     """Every server of the comparison starts, answers and lands in the results."""
-    from benchmarks.compare import main as compare
-
     settings, _ = demo_registry
-    assert (
-        compare(
-            [
-                "--concurrency",
-                "1,2",
-                "--per-client",
-                "2",
-                "--min-requests",
-                "4",
-                "--scenes",
-                "2",
-                "--ceiling-seconds",
-                "0.2",
-                "--workers",
-                "1",
-                "--tracking-uri",
-                settings.tracking_uri,
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
+    done = run_script(
+        "benchmarks.compare",
+        "--concurrency",
+        "1,2",
+        "--per-client",
+        "2",
+        "--min-requests",
+        "4",
+        "--scenes",
+        "2",
+        "--ceiling-seconds",
+        "0.2",
+        "--workers",
+        "1",
+        "--tracking-uri",
+        settings.tracking_uri,
+        "--out",
+        str(tmp_path),
     )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads((tmp_path / "compare.json").read_text())
     servers = {(r["server"], r["encoding"]) for r in data["rows"]}
     for expected in (
@@ -128,28 +126,23 @@ def test_locustfile_runs_headless(demo_registry, tmp_path: Path) -> None:
 def test_burst_runs_every_policy_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
     """Burst then quiet: every dispatch policy, the echo floor and the compute baseline land
     in the results with their targets."""
-    from benchmarks.burst import main as burst
-
     settings, _ = demo_registry
-    assert (
-        burst(
-            [
-                "--burst-seconds",
-                "1",
-                "--requests",
-                "6",
-                "--workers",
-                "1",
-                "--scenes",
-                "2",
-                "--tracking-uri",
-                settings.tracking_uri,
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
+    done = run_script(
+        "benchmarks.burst",
+        "--burst-seconds",
+        "1",
+        "--requests",
+        "6",
+        "--workers",
+        "1",
+        "--scenes",
+        "2",
+        "--tracking-uri",
+        settings.tracking_uri,
+        "--out",
+        str(tmp_path),
     )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads((tmp_path / "burst.json").read_text())
     phases = {(r["policy"], r["phase"], r["concurrency"]) for r in data["rows"]}
     for policy in ("greedy", "cork", "proxy"):
@@ -171,28 +164,23 @@ def test_burst_runs_every_policy_at_tiny_scale(demo_registry, tmp_path: Path) ->
 
 def test_steady_interleaves_policies_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
     """Both servers up at once, measured in turn, fresh and after a burst, with ratios."""
-    from benchmarks.steady import main as steady
-
     settings, _ = demo_registry
-    assert (
-        steady(
-            [
-                "--rounds",
-                "2",
-                "--requests",
-                "8",
-                "--burst-seconds",
-                "1",
-                "--workers",
-                "1",
-                "--tracking-uri",
-                settings.tracking_uri,
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
+    done = run_script(
+        "benchmarks.steady",
+        "--rounds",
+        "2",
+        "--requests",
+        "8",
+        "--burst-seconds",
+        "1",
+        "--workers",
+        "1",
+        "--tracking-uri",
+        settings.tracking_uri,
+        "--out",
+        str(tmp_path),
     )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads((tmp_path / "steady.json").read_text())
     seen = {(r["policy"], r["state"], r["concurrency"]) for r in data["rows"]}
     assert seen == {

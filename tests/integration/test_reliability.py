@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from tests.support.scripts import run_script
 from tests.support.serving import Server, free_port, start_server
 from utils.api.decoding import encode_capture
 from utils.config import PROJECT_ROOT
@@ -385,15 +386,18 @@ def test_no_pickle_and_no_writes_to_the_model_store(home: Path, tmp_path: Path) 
 def test_short_soak_has_no_errors_and_bounded_memory(
     demo_registry, tmp_path: Path, report: list[str]
 ) -> None:
-    from benchmarks.soak import soak
-
     settings_, _ = demo_registry
-    result = soak(45, users=8, workers=2, out=tmp_path, registry_uri=settings_.tracking_uri)
+    args = ["--duration", "45", "--users", "8", "--workers", "2"]
+    done = run_script(
+        "benchmarks.soak", *args, "--tracking-uri", settings_.tracking_uri, "--out", str(tmp_path)
+    )
+    result = json.loads((tmp_path / "soak.json").read_text())
     report.append(
         f"soak 45 s, 8 users: {result['requests']} requests, {result['failures']} "
         f"failures, RSS {result['rss_mb_after_warmup']} -> {result['rss_mb_end']} MB "
         f"after warm-up (max {result['rss_mb_max']} MB)"
     )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert result["locust_exit_code"] == 0 and result["requests"] > 100
     assert result["failures"] == 0
     assert result["rss_growth_after_warmup_mb"] < 150
