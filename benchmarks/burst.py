@@ -86,7 +86,7 @@ def _row(policy: str, phase: str, result: LoadResult) -> dict[str, Any]:
     return row
 
 
-async def _burst(
+async def burst_load(
     url: str, b64: list[dict[str, Any]], pairs: list[dict[str, Any]], seconds: float
 ) -> tuple[LoadResult, LoadResult]:
     fast, slow = await asyncio.gather(
@@ -117,7 +117,7 @@ def measure_policy(
         rows.append(_row(policy, "fresh", run_load(url, b64, 1, requests)))
         for level in (32, 64):
             rows.append(_row(policy, "fresh", run_load(url, b64, level, requests * 4)))
-        fast, slow = asyncio.run(_burst(url, b64, pairs, burst_seconds))
+        fast, slow = asyncio.run(burst_load(url, b64, pairs, burst_seconds))
         rows.append(_row(policy, "burst iq_b64", fast))
         rows.append(_row(policy, "burst iq_data", slow))
         rows.append(_row(policy, "after burst", run_load(url, b64, 1, requests)))

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.burst import _burst
+from benchmarks.burst import burst_load
 from benchmarks.compare import (
     RESULTS,
     bentoml_serve,
@@ -162,7 +162,7 @@ def run(
             state = "fresh" if index < (rounds + 1) // 2 else "after burst"
             if state == "after burst" and index == (rounds + 1) // 2:
                 for url in urls.values():
-                    asyncio.run(_burst(url, b64, pairs, burst_seconds))
+                    asyncio.run(burst_load(url, b64, pairs, burst_seconds))
             for level in LEVELS:
                 for policy, url in urls.items():
                     s = run_load(url, b64, level, requests).summary()

@@ -9,12 +9,16 @@ from utils.config import PROJECT_ROOT
 
 
 def run_script(module: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """`python -m <module> <args>` from the project root; its exit code is the caller's to
-    check (the output is attached for the assertion message)."""
-    return subprocess.run(
+    """`python -m <module> <args>` from the project root; fails the test, with the script's
+    output, unless it exits 0."""
+    done = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+    assert done.returncode == 0, f"{module} exited {done.returncode}:\n" + (
+        done.stdout[-2000:] + done.stderr[-2000:]
+    )
+    return done

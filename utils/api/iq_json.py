@@ -48,6 +48,8 @@ _ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 _FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _PATH = re.compile(r" - at `\$((?:\[\d+\])*)`$")
 _WHITESPACE = b" \t\r\n"
+_GOT = re.compile(r"got `(\w+)`")
+_NOT_NUMBERS = {"bool": "booleans", "str": "strings", "null": "null", "object": "objects"}
 
 
 def nesting(raw: bytes) -> int:
@@ -124,17 +126,9 @@ def _invalid(field: str, message: str) -> InvalidField:
     found = _PATH.search(message)
     where = f"{field}{found.group(1)}" if found else field
     problem = message[: found.start()] if found else message
-    if (
-        "got `bool`" in problem
-        or "got `str`" in problem
-        or "got `null`" in problem
-        or ("got `object`" in problem)
-    ):
-        kind = re.search(r"got `(\w+)`", problem)
-        got = {"bool": "booleans", "str": "strings", "null": "null", "object": "objects"}
-        return InvalidField(
-            where, f"IQ values must be numbers, got {got[kind.group(1)] if kind else 'other'}"
-        )
+    got = _GOT.search(problem)
+    if got and got.group(1) in _NOT_NUMBERS:
+        return InvalidField(where, f"IQ values must be numbers, got {_NOT_NUMBERS[got.group(1)]}")
     if "length 2" in problem:
         return InvalidField(where, f"each sample must be an [I, Q] pair ({problem})")
     return InvalidField(where, f"expected [[I, Q], ...] per receiver: {problem}")
