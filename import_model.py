@@ -2,6 +2,7 @@
 
     python import_model.py [--tracking-uri URI] [--name NAME]
                            [--stage STAGE | --alias ALIAS | --version N] [--force] [--json]
+                           [--reload-url http://host:3000]
 
 Resolves the version (stage through a registry search, alias through the alias API, or an
 explicit version), downloads the whole artifact folder (external-data weights included),
@@ -10,8 +11,13 @@ validates it against docs/api.md §8 (`utils.model.contract`) and only then regi
 Re-importing the same MLflow version with the same sha256 stores nothing and prints the
 existing tag. The tag is the last line of standard output (or use `--json`).
 
+`--reload-url` makes it one step from registry to served: after the import it asks the running
+service (`POST /model/reload` with `Authorization: Bearer $ADMIN_TOKEN`) to serve the imported
+tag, and reports what every worker serves.
+
 Exit codes: 0 ok, 2 bad arguments, 3 registry unreachable, 4 model/stage/alias/version not
-found, 5 contract violation, 6 corrupt or unreadable model, 7 BentoML store error.
+found, 5 contract violation, 6 corrupt or unreadable model, 7 BentoML store error, 8 imported
+but the service did not take it up (refused, unreachable, or its workers disagree).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ EXIT_NOT_FOUND = 4
 EXIT_CONTRACT = 5
 EXIT_CORRUPT = 6
 EXIT_STORE = 7
+EXIT_RELOAD = 8
 
 
 class StoreError(Exception):
@@ -212,7 +219,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Import a model version from the MLflow registry into the BentoML model "
         "store, after validating it against the model contract.",
         epilog="Exit codes: 0 ok, 2 bad arguments, 3 registry unreachable, 4 not found, "
-        "5 contract violation, 6 corrupt or unreadable model, 7 BentoML store error.",
+        "5 contract violation, 6 corrupt or unreadable model, 7 BentoML store error, "
+        "8 imported but not taken up by the service at --reload-url.",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -231,7 +239,32 @@ def _parser() -> argparse.ArgumentParser:
         help="store a new revision even if this version is already imported",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--reload-url",
+        metavar="URL",
+        help="after the import, have the service at URL serve it (POST /model/reload with "
+        "ADMIN_TOKEN)",
+    )
     return parser
+
+
+def reload_service(url: str, tag: str, settings: Settings) -> tuple[bool, dict[str, object]]:
+    """Ask the service to serve `tag`: (taken up by every worker, the service's answer)."""
+    import httpx  # only this option needs an HTTP client
+
+    assert settings.admin_token is not None
+    try:
+        response = httpx.post(
+            f"{url.rstrip('/')}/model/reload",
+            json={"tag": tag},
+            headers={"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"},
+            timeout=settings.reload_wait_s + 30.0,
+        )
+        answer = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return False, {"error": f"{url}: {exc}"}
+    ok = response.status_code == 200 and bool(answer.get("workers_agree"))
+    return ok, answer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "mlflow", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = get_settings()
+    if args.reload_url and settings.admin_token is None:
+        return _fail(EXIT_USAGE, "--reload-url needs ADMIN_TOKEN (the service's token)")
     try:
-        settings = get_settings()
         result = import_model(
             settings,
             tracking_uri=args.tracking_uri,
@@ -262,8 +297,22 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_CORRUPT, f"corrupt or unreadable model: {exc}")
     except StoreError as exc:
         return _fail(EXIT_STORE, f"store error: {exc}")
+    reloaded: dict[str, object] | None = None
+    code = EXIT_OK
+    if args.reload_url:
+        ok, reloaded = reload_service(args.reload_url, result.tag, settings)
+        if ok:
+            log.info(
+                "%s: every worker serves %s (%s)",
+                args.reload_url,
+                reloaded["bento_model_tag"],
+                reloaded["model_version"],
+            )
+        else:
+            code = _fail(EXIT_RELOAD, f"imported, but not served: {reloaded}")
     if args.json:
-        print(json.dumps(asdict(result), sort_keys=True))
+        extra = {"reload": reloaded} if args.reload_url else {}
+        print(json.dumps({**asdict(result), **extra}, sort_keys=True))
     else:
         state = "imported" if result.created else "already imported"
         print(
@@ -271,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(sha256 {result.sha256[:12]})"
         )
         print(result.tag)
-    return EXIT_OK
+    return code
 
 
 def _fail(code: int, message: str) -> int:

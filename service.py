@@ -5,7 +5,8 @@
 Wiring only: the model is declared below and loaded in `__init__`; each API method hands its
 request to `utils/api/pipeline.py` (decode → cache → batched inference → cache fill) and lets
 `utils/api/errors.py` answer its errors. The HTTP contract is `docs/api.md`; how requests are
-batched (`BATCH_DISPATCH`) is `utils/serving/batching.py` and the README's "Batching".
+batched (`BATCH_DISPATCH`) is `utils/serving/batching.py` and the README's "Batching"; how a new
+model version is taken up without a restart is `utils/serving/reload.py` ("Model updates").
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
@@ -27,6 +27,7 @@ import bentoml  # noqa: E402
 from utils.api import ellipse_conversion, errors  # noqa: E402
 from utils.api.iq_json import take_parsed  # noqa: E402
 from utils.api.model_info import describe  # noqa: E402
+from utils.api.model_reload import authorize, reload_response  # noqa: E402
 from utils.api.pipeline import Pipeline, infer_canonical  # noqa: E402
 from utils.api.responses import utc_now  # noqa: E402
 from utils.api.schemas import (  # noqa: E402
@@ -38,6 +39,8 @@ from utils.api.schemas import (  # noqa: E402
     PredictBatchRequest,
     PredictionResponse,
     PredictRequest,
+    ReloadRequest,
+    ReloadResponse,
 )
 from utils.asgi.body_size_limit import BodySizeLimit  # noqa: E402
 from utils.asgi.get_as_post import GetAsPost  # noqa: E402
@@ -45,9 +48,11 @@ from utils.asgi.iq_fast_path import IQFastPath  # noqa: E402
 from utils.asgi.json_only import JSONOnly  # noqa: E402
 from utils.asgi.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
 from utils.config import get_settings  # noqa: E402
-from utils.model.runtime import ModelRuntime  # noqa: E402
-from utils.serving import log_filters, metrics  # noqa: E402
+from utils.model.served import ServedModel, StoredModel, load_served  # noqa: E402
+from utils.serving import log_filters, metrics, model_store  # noqa: E402
+from utils.serving.model_control import ModelControl  # noqa: E402
 from utils.serving.preflight import check_model_store  # noqa: E402
+from utils.serving.reload import ModelReloader  # noqa: E402
 
 log = logging.getLogger("bentoml.service.localization")
 log_filters.install()
@@ -55,7 +60,10 @@ settings = get_settings()
 WORKERS = settings.service_workers or (os.cpu_count() or 1)
 MODEL_TAG = settings.bento_model_tag or f"{settings.bento_model_name}:latest"
 _NEVER = 2**31 - 1
-check_model_store(MODEL_TAG)
+START = check_model_store(MODEL_TAG)
+# the workers' shared record of the model to serve: created here by the serve process
+CONTROL, _ = ModelControl.for_serve_process()
+CONTROL.initialize(START.tag, model_store.latest_tag(START.name))
 
 
 @bentoml.service(
@@ -74,34 +82,50 @@ class Localization:
 
     def __init__(self) -> None:
         self.ready = False
-        self.tag, self.info = str(self.model.tag), self.model.info
-        self.runtime = ModelRuntime.for_serving(
-            Path(self.model.path), dict(self.info.metadata), settings, WORKERS
+        name = self.model.tag.name
+        desired = CONTROL.desired()  # after a reload, a (re)started worker takes up that one
+        stored = (
+            model_store.from_bento(self.model)
+            if desired is None or desired.tag == str(self.model.tag)
+            else model_store.stored(name, desired.tag)
         )
-        self.model_version = self.runtime.version_label(self.info.tag.version)
-        self.loaded_at = utc_now()
-        self.pipeline = Pipeline.build(
-            self.runtime, settings, self.model_version, lambda texts: self.to_async.infer(texts)
+        served = self._load(stored)
+        self.pipeline = Pipeline.build(served, settings, lambda texts: self.to_async.infer(texts))
+        self.reloader = ModelReloader(
+            self.pipeline,
+            CONTROL,
+            resolve=lambda tag: model_store.stored(name, tag),
+            load=self._load,
+            latest=lambda: model_store.latest_tag(name),
+            expected_workers=WORKERS,
+            watch_s=settings.model_watch_seconds,
+            converge_timeout_s=settings.reload_wait_s,
+            generation=desired.generation if desired else 0,
         )
-        self.runtime.warm_up()
         self.ready = True
-        metrics.model_loaded(self.runtime, self.tag, self.info.tag.name)
-        for warning in self.runtime.warnings:
+        metrics.model_loaded(served)
+        for warning in served.runtime.warnings:
             log.warning(warning)
-        log.info(
-            "serving %s (%s), %s cache", self.tag, self.model_version, self.pipeline.cache.backend
-        )
+        cache = self.pipeline.cache.backend
+        log.info("serving %s (%s), %s cache", served.tag, served.model_version, cache)
+
+    @staticmethod
+    def _load(stored: StoredModel) -> ServedModel:
+        """sha256, contract, warm-up: the same checks at start and at every reload."""
+        return load_served(stored, settings, WORKERS, utc_now())
 
     def __is_ready__(self) -> bool:
-        """Ready once the session is loaded and the warm-up inference succeeded."""
+        """Ready once the model is loaded and its warm-up inference succeeded."""
         return self.ready
 
     @bentoml.on_startup
     async def _start(self) -> None:
         await self.pipeline.start()
+        self.reloader.start()
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
+        await self.reloader.stop()
         await self.pipeline.close()
 
     @bentoml.api(
@@ -112,7 +136,7 @@ class Localization:
     def infer(self, captures: list[str]) -> list[dict[str, Any]]:
         """Low-level batched inference on canonical captures (base64 complex64
         `[channels, samples]`); raw model outputs per item (`BATCH_DISPATCH=proxy` uses it)."""
-        return infer_canonical(self.runtime, captures)
+        return infer_canonical(self.pipeline.runtime_for, captures)
 
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(self, ctx: bentoml.Context, **request: Any) -> PredictionResponse:
@@ -147,7 +171,7 @@ class Localization:
 
     def _error(self, ctx: bentoml.Context, exc: Exception) -> Any:
         """An API error as a response; with a `ctx` parameter BentoML takes the status from it."""
-        response = errors.to_response(exc, self.tag)
+        response = errors.to_response(exc, self.pipeline.served.tag)
         ctx.response.status_code = response.status_code
         return response
 
@@ -157,19 +181,24 @@ class Localization:
         try:
             return ellipse_conversion.convert(EllipseRequest.model_construct(**request))
         except Exception as exc:  # noqa: BLE001 - to_response re-raises what it does not know
-            return errors.to_response(exc, self.tag)  # type: ignore[return-value]
+            return errors.to_response(exc, self.pipeline.served.tag)  # type: ignore[return-value]
 
     @bentoml.api(route="/model/info")
     def model_info(self) -> ModelInfo:
-        """The served model: registry origin, feature spec, training figures, live counters."""
-        return describe(
-            self.runtime,
-            tag=self.tag,
-            tag_name=self.info.tag.name,
-            tag_version=self.info.tag.version,
-            created_at=self.info.creation_time.isoformat(),
-            loaded_at=self.loaded_at,
-        )
+        """The served model: registry origin, feature spec, training figures, live counters,
+        and what every worker serves."""
+        return describe(self.pipeline.served, *self.reloader.workers())
+
+    @bentoml.api(route="/model/reload", input_spec=ReloadRequest)
+    async def model_reload(self, ctx: bentoml.Context, **request: Any) -> ReloadResponse:
+        """Operators only (Bearer ADMIN_TOKEN): serve another stored version of the model,
+        the newest import by default; every worker takes it up. Checked before it serves."""
+        try:
+            authorize(ctx.request.headers.get("authorization"), settings.admin_token)
+            outcome = await self.reloader.reload(ReloadRequest.model_construct(**request).tag)
+        except Exception as exc:  # noqa: BLE001 - to_response re-raises what it does not know
+            return self._error(ctx, exc)
+        return reload_response(outcome)
 
 
 Localization.add_asgi_middleware(

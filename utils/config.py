@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT: Path = Path(__file__).resolve().parent.parent
@@ -50,6 +50,25 @@ class Settings(BaseSettings):
     bento_model_name: str = Field(default="localization_model", min_length=1)
     bento_model_tag: str | None = Field(
         default=None, description="BentoML model tag to serve. Unset: the newest import."
+    )
+
+    # --- model updates (README, "Model updates") --------------------------------------------
+    admin_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token of POST /model/reload (at least 16 characters). "
+        "Unset: the route is disabled.",
+    )
+    model_watch_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Poll the BentoML store this often and take up a new import of "
+        "BENTO_MODEL_NAME. 0: off.",
+    )
+    reload_wait_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="How long POST /model/reload waits for every worker to take up the model.",
     )
 
     # --- cache ----------------------------------------------------------------------------
@@ -121,6 +140,7 @@ class Settings(BaseSettings):
         "mlflow_tracking_uri",
         "redis_url",
         "bento_model_tag",
+        "admin_token",
         mode="before",
     )
     @classmethod

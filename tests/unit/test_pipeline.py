@@ -18,6 +18,7 @@ from utils.api.pipeline import Pipeline, infer_batch
 from utils.api.schemas import PredictBatchRequest, PredictRequest
 from utils.dsp.synthetic import generate_scenes
 from utils.model.runtime import ModelRuntime
+from utils.model.served import ServedModel, StoredModel
 from utils.serving.cache import LRUCache
 
 
@@ -38,27 +39,30 @@ def scenes(runtime: ModelRuntime) -> list[np.ndarray]:
     return list(generate_scenes(3, seed=11, spec=runtime.spec).iq)
 
 
+def served(runtime: ModelRuntime, version: str = "1") -> ServedModel:
+    stored = StoredModel(f"toy:{version}", "toy", version, Path("."), {}, "2026-01-01T00:00:00")
+    return ServedModel(runtime, stored, runtime.version_label(version), "2026-01-01T00:00:00")
+
+
 class Recorder:
     """A dispatch that runs the real batched inference and records each call's size."""
 
-    def __init__(self, runtime: ModelRuntime) -> None:
-        self.runtime = runtime
+    def __init__(self) -> None:
         self.calls: list[int] = []
 
     async def __call__(
-        self, captures: list[np.ndarray], _verbatim: str | None
+        self, model: ServedModel, captures: list[np.ndarray], _verbatim: str | None
     ) -> list[dict[str, Any]]:
         self.calls.append(len(captures))
-        return infer_batch(self.runtime, captures)
+        return infer_batch(model.runtime, captures)
 
 
 def pipeline(runtime: ModelRuntime, max_batch_items: int = 10) -> tuple[Pipeline, Recorder]:
-    recorder = Recorder(runtime)
+    recorder = Recorder()
     return Pipeline(
-        runtime,
+        served(runtime),
         LRUCache(100, 60),
         recorder,
-        model_version="toy",
         cache_prefix="t",
         max_samples=65_536,
         max_batch_items=max_batch_items,

@@ -17,6 +17,8 @@ from utils.dsp.preprocessing import InvalidCaptureError
 from utils.geo.ellipse import UncertaintyInputError
 from utils.serving import metrics
 from utils.serving.greedy import Overloaded
+from utils.serving.model_store import UnknownModel
+from utils.serving.reload import ReloadRefused
 
 if TYPE_CHECKING:
     from utils.api.responses import ModelOutputError
@@ -31,6 +33,14 @@ class InvalidField(InvalidCaptureError):
         self.field = field
         self.status = status
         super().__init__(f"{field}: {problem}")
+
+
+class AdminRefused(Exception):
+    """An operator's route refused: 401 (no credentials) or 403 (wrong, or the route is off)."""
+
+    def __init__(self, status: int, problem: str) -> None:
+        self.status = status
+        super().__init__(f"authorization: {problem}")
 
 
 class BrokenModel(Exception):
@@ -72,6 +82,11 @@ def to_response(exc: Exception, model_tag: str) -> JSONResponse:
     if isinstance(exc, InvalidField):
         metrics.ERRORS.labels("too_many_items" if exc.status == 413 else "invalid_input").inc()
         return error_body(str(exc), exc.field, exc.status)
+    if isinstance(exc, UnknownModel | ReloadRefused):  # POST /model/reload: nothing changed
+        return error_body(f"tag: {exc}", "tag", exc.status)
+    if isinstance(exc, AdminRefused):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_body(str(exc), "authorization", exc.status, headers)
     if isinstance(exc, UncertaintyInputError):
         return error_body(str(exc), exc.field, 400)
     if isinstance(exc, InvalidCaptureError):  # raised below the API layer: no field known

@@ -3,12 +3,18 @@
 The service's API methods only call these; everything here is testable with a fake dispatch
 and either cache backend. Errors leave as `InvalidField` / `BrokenModel` / `Overloaded`, which
 `utils/api/errors.py` turns into responses.
+
+A reload swaps the served model while requests are in flight (`utils/serving/reload.py`): each
+request takes the model serving when it starts (`self.served`) and keeps it to its end:
+decoding, cache key, inference and response all use that one. Batch items carry their model,
+and a batch that holds items of two models runs as two inferences, each on one model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +35,7 @@ from utils.api.responses import ModelOutputError, build_predictions, utc_now
 from utils.api.schemas import PredictBatchRequest, PredictionResponse, PredictRequest
 from utils.config import Settings
 from utils.model.runtime import ModelRuntime, RawPredictions
+from utils.model.served import ServedModel
 from utils.serving import metrics
 from utils.serving.batching import Batcher, make_batcher
 from utils.serving.cache import (
@@ -39,8 +46,13 @@ from utils.serving.cache import (
     make_cache,
 )
 
-#: Batched inference over canonical captures, one raw result dict per capture, same order.
-Dispatch = Callable[[list[np.ndarray], str | None], Awaitable[list[dict[str, Any]]]]
+#: Batched inference over canonical captures on the given model, one raw result dict per
+#: capture, same order (the `str` is an `iq_b64` text the proxy may forward as sent).
+Dispatch = Callable[[ServedModel, list[np.ndarray], str | None], Awaitable[list[dict[str, Any]]]]
+#: A batch item of the in-worker batchers: the capture and the model it must run on.
+Job = tuple[ModelRuntime, np.ndarray]
+#: Separates the model key from the capture in a pinned `infer` text (not in base64's alphabet).
+PIN = ":"
 
 
 def infer_batch(runtime: ModelRuntime, captures: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -58,23 +70,50 @@ def infer_batch(runtime: ModelRuntime, captures: list[np.ndarray]) -> list[dict[
     return [{**item, "batch_ms": batch_ms, "batch_size": len(captures)} for item in raw.items()]
 
 
-def infer_canonical(runtime: ModelRuntime, texts: list[str]) -> list[dict[str, Any]]:
-    """The batchable `infer` API: base64 canonical captures in; an item that does not decode
-    gets an `error` instead of failing the batch it shares with other requests."""
-    spec = runtime.spec
-    decoded: list[np.ndarray | None] = []
+def infer_jobs(jobs: list[Job]) -> list[dict[str, Any]]:
+    """The in-worker batchers' batch function: one inference per model in the batch (one,
+    except while a reload swaps models), results in item order."""
+    groups: dict[int, list[int]] = {}
+    for i, (runtime, _) in enumerate(jobs):
+        groups.setdefault(id(runtime), []).append(i)
+    results: list[dict[str, Any]] = [{}] * len(jobs)
+    for indices in groups.values():
+        runtime = jobs[indices[0]][0]
+        for i, result in zip(
+            indices, infer_batch(runtime, [jobs[i][1] for i in indices]), strict=True
+        ):
+            results[i] = result
+    return results
+
+
+def infer_canonical(
+    runtime_for: Callable[[str | None], ModelRuntime | None], texts: list[str]
+) -> list[dict[str, Any]]:
+    """The batchable `infer` API: base64 canonical captures in, each optionally pinned to a
+    model as `<model key>:<base64>` (the proxy dispatch does, so a request keeps its model
+    across a reload); unpinned ones run on the serving model. An item that does not decode, or
+    names a model no longer loaded, gets an `error` instead of failing the batch it shares."""
+    jobs: list[Job] = []
+    slots: list[int | str] = []
     for text in texts:
+        key, _, body = text.rpartition(PIN)
+        runtime = runtime_for(key or None)
+        if runtime is None:
+            slots.append(f"model {key} is not loaded in this worker")
+            continue
+        spec = runtime.spec
         try:
-            capture = decode_capture(text, spec.n_channels)
+            capture = decode_capture(body, spec.n_channels)
             check_amplitude(capture, spec, "capture")
-            decoded.append(capture if capture.shape[1] >= spec.n_fft else None)
         except (ValueError, TypeError):  # InvalidCaptureError is a ValueError
-            decoded.append(None)
-    results = iter(infer_batch(runtime, [c for c in decoded if c is not None]))
-    return [
-        next(results) if c is not None else {"error": "not a valid canonical capture"}
-        for c in decoded
-    ]
+            capture = None
+        if capture is None or capture.shape[1] < spec.n_fft:
+            slots.append("not a valid canonical capture")
+            continue
+        slots.append(len(jobs))
+        jobs.append((runtime, capture))
+    results = infer_jobs(jobs)
+    return [results[s] if isinstance(s, int) else {"error": s} for s in slots]
 
 
 class Pipeline:
@@ -82,38 +121,49 @@ class Pipeline:
 
     def __init__(
         self,
-        runtime: ModelRuntime,
+        served: ServedModel,
         cache: PredictionCache,
         dispatch: Dispatch,
         *,
-        model_version: str,
         cache_prefix: str,
         max_samples: int,
         max_batch_items: int,
         batcher: Batcher | None = None,
     ) -> None:
-        self.runtime = runtime
+        self.served = served
+        # models a request in flight may still pin (proxy dispatch); gone with their last user
+        self._live: weakref.WeakValueDictionary[str, ModelRuntime] = weakref.WeakValueDictionary(
+            {served.key: served.runtime}
+        )
         self.cache = cache
         self.dispatch = dispatch
-        self.model_version = model_version
         self.cache_prefix = cache_prefix
         self.max_samples = max_samples
         self.max_batch_items = max_batch_items
         self.batcher = batcher
 
+    def swap(self, new: ServedModel) -> ServedModel:
+        """Serve `new` from the next request on; requests in flight keep theirs."""
+        previous, self.served = self.served, new
+        self._live[new.key] = new.runtime
+        return previous
+
+    def runtime_for(self, key: str | None) -> ModelRuntime | None:
+        """The model a pinned `infer` item names (None: the serving one)."""
+        return self.served.runtime if key is None else self._live.get(key)
+
     @classmethod
     def build(
         cls,
-        runtime: ModelRuntime,
+        served: ServedModel,
         settings: Settings,
-        model_version: str,
         infer_api: Callable[[list[str]], Awaitable[list[dict[str, Any]]]],
     ) -> Pipeline:
         """The worker's pipeline as configured: its batcher (`BATCH_DISPATCH`; none for
         `proxy`, which goes through the batchable `infer_api`) and its cache."""
         batcher = make_batcher(
             settings.batch_dispatch,
-            lambda captures: infer_batch(runtime, captures),
+            infer_jobs,
             max_batch_size=settings.batch_max_size,
             max_latency_ms=settings.batch_max_latency_ms,
             wait_budget_s=settings.batch_wait_budget_s,
@@ -128,10 +178,9 @@ class Pipeline:
         )
         dispatch = batcher_dispatch(batcher.submit) if batcher else proxy_dispatch(infer_api)
         return cls(
-            runtime,
+            served,
             cache,
             dispatch,
-            model_version=model_version,
             cache_prefix=settings.cache_key_prefix,
             max_samples=settings.max_samples_per_capture,
             max_batch_items=settings.max_batch_items,
@@ -149,8 +198,10 @@ class Pipeline:
         await self.cache.close()
 
     # --- decoding ----------------------------------------------------------------------------
-    async def decode_one(self, req: PredictRequest, parsed: ParsedIQ | None = None) -> np.ndarray:
-        spec = self.runtime.spec
+    async def decode_one(
+        self, served: ServedModel, req: PredictRequest, parsed: ParsedIQ | None = None
+    ) -> np.ndarray:
+        spec = served.runtime.spec
         if req.iq_b64 is not None:
             return decode_iq_b64(req.iq_b64, spec, self.max_samples)
         if parsed is not None:  # parsed from the bytes already (utils/asgi/iq_fast_path.py)
@@ -161,7 +212,7 @@ class Pipeline:
         )
 
     async def decode_many(
-        self, req: PredictBatchRequest, parsed: ParsedIQ | None = None
+        self, served: ServedModel, req: PredictBatchRequest, parsed: ParsedIQ | None = None
     ) -> tuple[list[np.ndarray], str]:
         items: list[Any] = list(
             req.iq_b64_samples or (parsed.captures if parsed else req.iq_samples) or []
@@ -172,7 +223,7 @@ class Pipeline:
                 field, f"{len(items)} items, at most {self.max_batch_items} per request", status=413
             )
         decode = decode_iq_b64 if field == "iq_b64_samples" else decode_iq_data
-        spec, limit = self.runtime.spec, self.max_samples
+        spec, limit = served.runtime.spec, self.max_samples
 
         def all_items() -> list[np.ndarray]:
             return [decode(item, spec, limit, f"{field}[{i}]") for i, item in enumerate(items)]
@@ -182,6 +233,7 @@ class Pipeline:
     # --- prediction --------------------------------------------------------------------------
     async def predict(
         self,
+        served: ServedModel,
         captures: list[np.ndarray],
         req: PredictRequest | PredictBatchRequest,
         started: float,
@@ -195,7 +247,7 @@ class Pipeline:
             keys = [
                 cache_key(
                     self.cache_prefix,
-                    self.runtime.sha256,
+                    served.runtime.sha256,
                     c.data,
                     req.confidence_level,
                     req.include_geojson,
@@ -225,9 +277,9 @@ class Pipeline:
             metrics.CACHE_MISSES.inc(len(misses))
         if misses:
             verbatim = getattr(req, "iq_b64", None) if len(captures) == 1 else None
-            results = await self.dispatch([captures[i] for i in misses], verbatim)
+            results = await self.dispatch(served, [captures[i] for i in misses], verbatim)
             try:
-                fresh = self._responses(results, req, started)
+                fresh = self._responses(served, results, req, started)
             except ModelOutputError as exc:  # attribute it to the request's own index
                 index = misses[exc.index]
                 raise BrokenModel(
@@ -254,23 +306,26 @@ class Pipeline:
     async def predict_one(
         self, req: PredictRequest, started: float, parsed: ParsedIQ | None = None
     ) -> PredictionResponse:
-        """`/predict`: decode, then the shared path."""
-        capture = await self.decode_one(req, parsed)
+        """`/predict`: decode, then the shared path, on the model serving now."""
+        served = self.served
+        capture = await self.decode_one(served, req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         field = "iq_b64" if req.iq_b64 is not None else "iq_data"
-        (response,) = await self.predict([capture], req, started, field)
+        (response,) = await self.predict(served, [capture], req, started, field)
         return response
 
     async def predict_many(
         self, req: PredictBatchRequest, started: float, parsed: ParsedIQ | None = None
     ) -> list[PredictionResponse]:
         """`/predict_batch`: decode every item (errors name `field[i]`), then the shared path."""
-        captures, field = await self.decode_many(req, parsed)
+        served = self.served
+        captures, field = await self.decode_many(served, req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
-        return await self.predict(captures, req, started, field)
+        return await self.predict(served, captures, req, started, field)
 
     def _responses(
         self,
+        served: ServedModel,
         results: list[dict[str, Any]],
         req: PredictRequest | PredictBatchRequest,
         started: float,
@@ -280,32 +335,38 @@ class Pipeline:
             raise RuntimeError("batched inference rejected a validated capture")
         return build_predictions(
             RawPredictions.stack(results),
-            spec=self.runtime.spec,
-            envelope=self.runtime.envelope,
+            spec=served.runtime.spec,
+            envelope=served.runtime.envelope,
             confidence_level=req.confidence_level,
             include_geojson=req.include_geojson,
-            model_version=self.model_version,
+            model_version=served.model_version,
             inference_time_ms=1000.0 * (time.perf_counter() - started),
             session_id=req.session_id,
         )
 
 
-def batcher_dispatch(submit: Callable[[np.ndarray], Awaitable[dict[str, Any]]]) -> Dispatch:
+def batcher_dispatch(submit: Callable[[Job], Awaitable[dict[str, Any]]]) -> Dispatch:
     """Dispatch through an in-worker batcher (greedy or CORK): one submit per capture."""
 
-    async def dispatch(captures: list[np.ndarray], _verbatim: str | None) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(submit(c) for c in captures)))
+    async def dispatch(
+        served: ServedModel, captures: list[np.ndarray], _verbatim: str | None
+    ) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(submit((served.runtime, c)) for c in captures)))
 
     return dispatch
 
 
 def proxy_dispatch(infer: Callable[[list[str]], Awaitable[list[dict[str, Any]]]]) -> Dispatch:
-    """Dispatch through the batchable `infer` API: captures travel as base64; a single
-    `iq_b64` capture that is already canonical is forwarded as sent, not re-encoded."""
+    """Dispatch through the batchable `infer` API: captures travel as base64, pinned to the
+    request's model; a single `iq_b64` capture that is already canonical is forwarded as sent,
+    not re-encoded."""
 
-    async def dispatch(captures: list[np.ndarray], verbatim: str | None) -> list[dict[str, Any]]:
+    async def dispatch(
+        served: ServedModel, captures: list[np.ndarray], verbatim: str | None
+    ) -> list[dict[str, Any]]:
+        pin = served.key + PIN
         if verbatim and len(captures) == 1 and is_verbatim(captures[0], verbatim):
-            return list(await infer([verbatim]))
-        return list(await infer([encode_capture(c) for c in captures]))
+            return list(await infer([pin + verbatim]))
+        return list(await infer([pin + encode_capture(c) for c in captures]))
 
     return dispatch

@@ -163,6 +163,18 @@ class EllipseRequest(BaseModel):
     num_points: int = Field(default=64, ge=MIN_POINTS, le=MAX_POINTS)
 
 
+class WorkerModel(BaseModel):
+    """What one worker process serves (docs/api.md §8.4)."""
+
+    pid: int
+    bento_model_tag: str
+    model_version: str
+    loaded_at: str
+    error: str | None = Field(
+        default=None, description="why this worker did not take up the last reload, if it did not"
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -176,7 +188,12 @@ class ModelInfo(BaseModel):
     feature_spec_source: str
     accuracy_meters: float | None
     training_samples: int | None
-    last_reloaded: str
+    model_version: str = Field(description="as in every prediction: registry version + sha256")
+    last_reloaded: str = Field(description="when the answering worker loaded this model")
+    workers: list[WorkerModel] = Field(description="what every live worker serves")
+    workers_agree: bool = Field(
+        description="every worker serves the same model and none failed its last reload"
+    )
     inference_count: int
     avg_latency_ms: float | None
     cache_hit_rate: float | None
@@ -188,12 +205,37 @@ class ModelInfo(BaseModel):
     )
 
 
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str | None = Field(
+        default=None,
+        max_length=200,
+        description="A version of BENTO_MODEL_NAME to serve, `name:version` or `version` (a "
+        "rollback); omitted: the newest import.",
+    )
+
+
+class ReloadResponse(BaseModel):
+    result: Literal["reloaded", "unchanged"]
+    bento_model_tag: str
+    model_version: str
+    previous_bento_model_tag: str
+    previous_model_version: str
+    generation: int = Field(description="reload counter of this service process")
+    workers: list[WorkerModel]
+    workers_agree: bool
+
+
 #: Every model the API documents (the OpenAPI fix marks their optional fields nullable).
 API_MODELS: list[type[BaseModel]] = [
     PredictionResponse,
     BatchPredictionResponse,
     Ellipse,
     ModelInfo,
+    WorkerModel,
+    ReloadRequest,
+    ReloadResponse,
     PredictRequest,
     PredictBatchRequest,
     EllipseRequest,

@@ -17,7 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from utils.serving.greedy import BatchRecord
 
 if TYPE_CHECKING:
-    from utils.model.runtime import ModelRuntime
+    from utils.model.served import ServedModel
 
 PREFIX = "rfloc"
 
@@ -83,6 +83,12 @@ MODEL_INFO = Gauge(
     ["name", "version", "sha256", "bento_tag"],
     multiprocess_mode="max",
 )
+MODEL_RELOADS = Counter(
+    f"{PREFIX}_model_reloads",
+    "Model reloads by result: success (a new model swapped in), unchanged (already served), "
+    "failed (refused by its checks or missing; the old model kept serving)",
+    ["result"],
+)
 
 
 def _registry() -> CollectorRegistry:
@@ -126,9 +132,23 @@ def count_predictions(route: str, samples: int, elapsed_s: float) -> None:
     REQUEST_SECONDS.labels(route).observe(elapsed_s)
 
 
-def model_loaded(runtime: ModelRuntime, tag: str, tag_name: str) -> None:
+def _model_labels(served: ServedModel) -> tuple[str, str, str, str]:
+    meta = served.runtime.metadata
+    return (
+        meta.registered_name or served.stored.name,
+        meta.mlflow_version,
+        served.runtime.sha256,
+        served.tag,
+    )
+
+
+def model_loaded(served: ServedModel) -> None:
     """`rfloc_model_info`: which model this worker serves (registry name, version, sha256)."""
-    meta = runtime.metadata
-    MODEL_INFO.labels(
-        meta.registered_name or tag_name, meta.mlflow_version, runtime.sha256, tag
-    ).set(1)
+    MODEL_INFO.labels(*_model_labels(served)).set(1)
+
+
+def model_swapped(previous: ServedModel, current: ServedModel) -> None:
+    """After a reload: the old model's series drops to 0 (multiprocess gauges cannot be
+    removed), the new one is 1."""
+    MODEL_INFO.labels(*_model_labels(previous)).set(0)
+    model_loaded(current)

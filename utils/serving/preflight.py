@@ -7,22 +7,24 @@ import's is reported once and the process exits non-zero.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import bentoml
 
 from utils.model.runtime import ModelLoadError, verify_model_files
+from utils.model.served import StoredModel
+from utils.serving.model_store import from_bento
 
 
-def check_model_store(tag: str) -> None:
+def check_model_store(tag: str) -> StoredModel:
+    """The store entry `tag` resolves to now (`latest` made concrete), its bytes verified."""
     try:
-        stored = bentoml.models.get(tag)
+        stored = from_bento(bentoml.models.get(tag))
     except bentoml.exceptions.NotFound:
         raise SystemExit(
             f"rf_localization: model {tag} is not in the BentoML model store; "
             "import one with import_model.py or set BENTO_MODEL_TAG"
         ) from None
     try:
-        verify_model_files(Path(stored.path), dict(stored.info.metadata))
+        verify_model_files(stored.path, stored.metadata)
     except ModelLoadError as exc:
         raise SystemExit(f"rf_localization: cannot serve {stored.tag}: {exc}") from None
+    return stored

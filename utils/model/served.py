@@ -1,0 +1,67 @@
+"""One stored model made ready to serve, and the checks it must pass first.
+
+The service loads a model the same way at start and at every reload: the stored `model.onnx`
+must have the sha256 recorded at import, must still meet the contract (docs/api.md §8, with
+onnxruntime's checks only: the serving image has no `onnx` package) and must answer a warm-up
+inference with finite outputs. Only then does it become a `ServedModel`, so a reload that
+fails here never replaces the model that is serving (README, "Model updates").
+
+Framework-free: the BentoML store is read by the caller (`utils/serving/model_store.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utils.config import Settings
+from utils.model.contract import ContractViolation, CorruptModelError, validate_model_folder
+from utils.model.runtime import ModelLoadError, ModelRuntime, verify_model_files
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """What the BentoML store holds about one import (read by `model_store.stored`)."""
+
+    tag: str
+    name: str
+    version: str
+    path: Path
+    metadata: Mapping[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A checked runtime and the labels every response and `/model/info` carry for it."""
+
+    runtime: ModelRuntime
+    stored: StoredModel
+    model_version: str  # `<registry version>+<sha256 prefix>`, in every prediction
+    loaded_at: str
+
+    @property
+    def tag(self) -> str:
+        return self.stored.tag
+
+    @property
+    def key(self) -> str:
+        """Short identity of the model's bytes: pins a batch item to the model it needs."""
+        return self.runtime.sha256[:16]
+
+
+def load_served(
+    stored: StoredModel, settings: Settings, workers: int, loaded_at: str
+) -> ServedModel:
+    """sha256, contract and warm-up, in that order (cheapest refusal first); raises
+    `ModelLoadError` naming the tag and the failed check."""
+    try:
+        verify_model_files(stored.path, stored.metadata)
+        validate_model_folder(stored.path, full_check=False)
+        runtime = ModelRuntime.for_serving(stored.path, stored.metadata, settings, workers)
+        runtime.warm_up()
+    except (ModelLoadError, ContractViolation, CorruptModelError) as exc:
+        raise ModelLoadError(f"{stored.tag}: {exc}") from exc
+    return ServedModel(runtime, stored, runtime.version_label(stored.version), loaded_at)

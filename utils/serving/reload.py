@@ -1,0 +1,242 @@
+"""Taking up a new model without a restart: reload, rollback, the store watch, convergence.
+
+One `ModelReloader` per worker. A reload request (`POST /model/reload`) is handled by the worker
+it reaches: it resolves the tag, loads and checks the model beside the one serving (sha256,
+contract, warm-up: `utils/model/served.py`), swaps it in, and publishes the new generation in
+the shared folder (`utils/serving/model_control.py`); it then waits, bounded, until every worker
+reports it. The other workers poll that folder and do the same load-check-swap. A model that
+fails its checks is refused: the old one keeps serving, and the failure is reported (the
+response, one log line, `rfloc_model_reloads_total{result="failed"}`).
+
+The swap is atomic per worker (one attribute assignment on the event loop); a request keeps
+the model it started with to its end, and a batch runs on one model (`utils/api/pipeline.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import anyio.to_thread
+
+from utils.model.runtime import ModelLoadError
+from utils.model.served import ServedModel, StoredModel
+from utils.serving import metrics
+from utils.serving.model_control import DesiredModel, ModelControl, WorkerStatus
+
+log = logging.getLogger("bentoml.service.localization")
+
+#: How often a worker looks at the shared folder: a reload reaches every worker within this.
+POLL_S = 0.25
+
+
+class ReloadRefused(Exception):
+    """The requested model failed its checks; nothing changed."""
+
+    status = 422
+
+
+class Swappable(Protocol):
+    served: ServedModel
+
+    def swap(self, new: ServedModel) -> ServedModel: ...
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    result: Literal["reloaded", "unchanged"]
+    served: ServedModel
+    previous: ServedModel
+    generation: int
+    workers: list[WorkerStatus]
+    workers_agree: bool
+
+
+class ModelReloader:
+    """Load-check-swap for one worker, driven by requests, the shared folder and the watch."""
+
+    def __init__(
+        self,
+        target: Swappable,
+        control: ModelControl,
+        *,
+        resolve: Callable[[str | None], StoredModel],
+        load: Callable[[StoredModel], ServedModel],
+        latest: Callable[[], str | None],
+        expected_workers: int,
+        watch_s: float = 0.0,
+        converge_timeout_s: float = 30.0,
+        generation: int = 0,
+    ) -> None:
+        self.target = target
+        self.control = control
+        self._resolve = resolve
+        self._load = load
+        self._latest = latest
+        self.expected_workers = expected_workers
+        self.watch_s = watch_s
+        self.converge_timeout_s = converge_timeout_s
+        self.generation = generation  # the desired generation this worker has acted on
+        self.error: str | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._next_watch = time.monotonic() + watch_s
+
+    # --- what this worker serves -------------------------------------------------------------
+    def report(self) -> None:
+        served = self.target.served
+        self.control.report(
+            WorkerStatus(
+                pid=os.getpid(),
+                bento_model_tag=served.tag,
+                model_version=served.model_version,
+                loaded_at=served.loaded_at,
+                generation=self.generation,
+                error=self.error,
+            )
+        )
+
+    def workers(self) -> tuple[list[WorkerStatus], bool]:
+        """Every live worker's report, and whether all expected workers serve one model."""
+        found = self.control.workers()
+        tags = {w.bento_model_tag for w in found}
+        agree = len(found) >= self.expected_workers and len(tags) == 1
+        return found, agree and not any(w.error for w in found)
+
+    # --- load, check, swap ---------------------------------------------------------------------
+    async def _take_up(self, stored: StoredModel, why: str) -> bool:
+        """Load and check beside the serving model, then swap. False (and reported) when the
+        model is refused; the serving model is untouched then."""
+        previous = self.target.served
+        try:
+            candidate = await anyio.to_thread.run_sync(self._load, stored)
+        except ModelLoadError as exc:
+            metrics.MODEL_RELOADS.labels("failed").inc()
+            self.error = f"{stored.tag} refused: {exc}"
+            log.error(
+                "model reload (%s) refused %s, still serving %s: %s",
+                why,
+                stored.tag,
+                previous.tag,
+                exc,
+            )
+            return False
+        self.target.swap(candidate)
+        self.error = None
+        metrics.MODEL_RELOADS.labels("success").inc()
+        metrics.model_swapped(previous, candidate)
+        log.info(
+            "model reload (%s): now serving %s (%s), was %s (%s)",
+            why,
+            candidate.tag,
+            candidate.model_version,
+            previous.tag,
+            previous.model_version,
+        )
+        return True
+
+    async def reload(self, tag: str | None, why: str = "request") -> ReloadOutcome:
+        """The operator's reload: `tag` (a rollback) or the newest import. Raises
+        `UnknownModel` or `ReloadRefused` with nothing changed."""
+        async with self._lock:
+            stored = await anyio.to_thread.run_sync(self._resolve, tag)
+            previous = self.target.served
+            unchanged = stored.tag == previous.tag
+            if unchanged:
+                metrics.MODEL_RELOADS.labels("unchanged").inc()
+            elif not await self._take_up(stored, why):
+                self.report()
+                raise ReloadRefused(self.error or f"{stored.tag} refused")
+            desired = self.control.publish(stored.tag, why)
+            self.generation = desired.generation
+            self.report()
+        workers, agree = await self._converge(desired)
+        return ReloadOutcome(
+            "unchanged" if unchanged else "reloaded",
+            self.target.served,
+            previous,
+            desired.generation,
+            workers,
+            agree,
+        )
+
+    async def _converge(self, desired: DesiredModel) -> tuple[list[WorkerStatus], bool]:
+        """Wait (bounded) until every worker has acted on `desired`."""
+        deadline = time.monotonic() + self.converge_timeout_s
+        while True:
+            workers, agree = self.workers()
+            acted = [w for w in workers if w.generation >= desired.generation]
+            if len(acted) >= self.expected_workers or time.monotonic() > deadline:
+                return workers, agree
+            await asyncio.sleep(POLL_S / 2)
+
+    # --- following the others, and the store ----------------------------------------------------
+    async def follow(self) -> None:
+        """Take up a newer generation published by another worker (or by the watch)."""
+        desired = self.control.desired()
+        if desired is None or desired.generation <= self.generation:
+            return
+        async with self._lock:
+            if desired.generation <= self.generation:
+                return
+            if desired.tag != self.target.served.tag:
+                try:
+                    stored = await anyio.to_thread.run_sync(self._resolve, desired.tag)
+                except LookupError as exc:
+                    self.error = f"{desired.tag}: {exc}"
+                    metrics.MODEL_RELOADS.labels("failed").inc()
+                    log.error("model reload (follow) cannot find %s: %s", desired.tag, exc)
+                else:
+                    await self._take_up(stored, "follow")
+            else:
+                self.error = None
+            self.generation = desired.generation
+            self.report()
+
+    async def watch(self) -> None:
+        """`MODEL_WATCH_SECONDS`: a new import of the model is taken up. The newest tag seen is
+        shared, so one worker claims it, and a rollback is not undone by the next look."""
+        latest = await anyio.to_thread.run_sync(self._latest)
+        if latest is None:
+            return
+        claimed = False
+
+        def claim(current: DesiredModel | None) -> DesiredModel | None:
+            nonlocal claimed
+            if current is None or current.watched_latest == latest:
+                return None
+            claimed = True
+            return current.model_copy(update={"watched_latest": latest})
+
+        self.control.update(claim)
+        if claimed and latest != self.target.served.tag:
+            with contextlib.suppress(LookupError, ReloadRefused):  # logged and counted
+                await self.reload(latest, "watch")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                await self.follow()
+                if self.watch_s > 0 and time.monotonic() >= self._next_watch:
+                    self._next_watch = time.monotonic() + self.watch_s
+                    await self.watch()
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad look
+                log.exception("model control loop")
+
+    def start(self) -> None:
+        self.report()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
