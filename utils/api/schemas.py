@@ -171,7 +171,7 @@ class WorkerModel(BaseModel):
     model_version: str
     loaded_at: str
     error: str | None = Field(
-        default=None, description="why this worker did not take up the last reload, if it did not"
+        default=None, description="why this worker refused the last reload it tried, if it did"
     )
 
 
@@ -192,7 +192,7 @@ class ModelInfo(BaseModel):
     last_reloaded: str = Field(description="when the answering worker loaded this model")
     workers: list[WorkerModel] = Field(description="what every live worker serves")
     workers_agree: bool = Field(
-        description="every worker serves the same model and none failed its last reload"
+        description="every worker serves the same model (`error` tells a refused reload)"
     )
     inference_count: int
     avg_latency_ms: float | None

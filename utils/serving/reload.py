@@ -103,11 +103,11 @@ class ModelReloader:
         )
 
     def workers(self) -> tuple[list[WorkerStatus], bool]:
-        """Every live worker's report, and whether all expected workers serve one model."""
+        """Every live worker's report, and whether all expected workers serve one model (a
+        refused reload leaves them agreeing on the old one; `error` says what was refused)."""
         found = self.control.workers()
         tags = {w.bento_model_tag for w in found}
-        agree = len(found) >= self.expected_workers and len(tags) == 1
-        return found, agree and not any(w.error for w in found)
+        return found, len(found) >= self.expected_workers and len(tags) == 1
 
     # --- load, check, swap ---------------------------------------------------------------------
     async def _take_up(self, stored: StoredModel, why: str) -> bool:

@@ -1,0 +1,258 @@
+"""Model updates without downtime, through the real path (README, "Model updates").
+
+One `bentoml serve` with two workers, the store watch on and an ADMIN_TOKEN, under 16
+concurrent clients the whole time: a second genuinely trained version (the demo bootstrap's
+`--force`) is imported and taken up by the watch, rolled back by tag, served again in one step by
+`import_model.py --reload-url`, and, once its stored bytes are changed, refused while the old
+one keeps serving. Then the token cases. Every request must succeed and carry one of the two
+versions; a request sent after a step finished must carry that step's version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.scripts import run_script
+from tests.support.serving import Server, start_server
+from utils.api.decoding import encode_capture
+from utils.config import PROJECT_ROOT
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
+
+TOKEN = "reload-test-token-0123456789"
+CLIENTS = 16
+
+
+@pytest.fixture(scope="module")
+def second_version(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's registry with a second trained version in Production (the
+    session's registry stays as other tests expect it)."""
+    settings, _ = demo_registry
+    registry = tmp_path_factory.mktemp("registry-two") / "registry"
+    shutil.copytree(settings.local_registry_dir, registry)
+    run_script(
+        "demo.bootstrap",
+        "--force",
+        "--scenes",
+        "4000",
+        "--seed",
+        "7",
+        env={"LOCAL_REGISTRY_DIR": str(registry)},
+    )
+    return registry
+
+
+def import_model(home: Path, registry: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "import_model.py", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "BENTOML_HOME": str(home),
+            "LOCAL_REGISTRY_DIR": str(registry),
+            "ADMIN_TOKEN": TOKEN,
+            "BENTOML_DO_NOT_TRACK": "1",
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def server(home: Path, second_version: Path) -> Iterator[Server]:
+    srv = start_server(
+        home,
+        home / "reload.log",
+        env={"SERVICE_WORKERS": "2", "ADMIN_TOKEN": TOKEN, "MODEL_WATCH_SECONDS": "0.5"},
+    )
+    yield srv
+    srv.stop()
+
+
+@dataclass
+class Load:
+    """16 clients posting /predict until stopped: (sent at, status, model_version or body)."""
+
+    url: str
+    bodies: list[dict[str, object]]
+    results: list[tuple[float, int, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def _client(self, k: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            i = k
+            while not self.stop.is_set():
+                sent = time.monotonic()
+                try:
+                    r = client.post(f"{self.url}/predict", json=self.bodies[i % len(self.bodies)])
+                    what = r.json().get("model_version") if r.status_code == 200 else r.text
+                    self.results.append((sent, r.status_code, str(what)[:300]))
+                except httpx.HTTPError as exc:
+                    self.results.append((sent, 0, repr(exc)))
+                i += CLIENTS
+
+    def __enter__(self) -> Load:
+        self.threads = [threading.Thread(target=self._client, args=(k,)) for k in range(CLIENTS)]
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+def info(server: Server) -> dict:
+    return httpx.get(f"{server.url}/model/info", timeout=30).json()
+
+
+def served_everywhere(server: Server, tag: str, timeout: float = 30.0) -> float:
+    """Wait until every worker reports `tag`; the time it was seen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = info(server)
+        if answer["workers_agree"] and {w["bento_model_tag"] for w in answer["workers"]} == {tag}:
+            return time.monotonic()
+        time.sleep(0.1)
+    raise AssertionError(f"workers did not converge on {tag}: {info(server)['workers']}")
+
+
+def reload(server: Server, body: dict[str, object], token: str | None = TOKEN) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(f"{server.url}/model/reload", json=body, headers=headers, timeout=120)
+
+
+def reloads_metric(server: Server) -> dict[str, float]:
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^rfloc_model_reloads_total\{result="(\w+)"\} (\S+)$', text, re.M)
+    }
+
+
+def test_reload_watch_rollback_and_refusal_under_load(
+    server: Server, home: Path, second_version: Path, spec: FeatureSpec, report: list[str]
+) -> None:
+    start = info(server)
+    first_tag, first_version = start["bento_model_tag"], start["model_version"]
+    assert start["workers_agree"] and len(start["workers"]) == 2
+    scenes = generate_scenes(24, seed=5, spec=spec)
+    bodies: list[dict[str, object]] = [
+        {"iq_b64": encode_capture(iq), "cache_enabled": i % 2 == 0}
+        for i, iq in enumerate(scenes.iq)
+    ]
+    steps: list[tuple[float, float, str]] = []  # (began, finished, version expected after)
+
+    with Load(server.url, bodies) as load:
+        time.sleep(1.0)
+
+        # 1. a new import is taken up by the store watch, on every worker
+        began = time.monotonic()
+        done = import_model(home, second_version)
+        assert done.returncode == 0, done.stderr
+        second_tag = done.stdout.strip().splitlines()[-1]
+        assert second_tag != first_tag
+        finished = served_everywhere(server, second_tag)
+        second_version_label = info(server)["model_version"]
+        assert second_version_label != first_version
+        steps.append((began, finished, second_version_label))
+        report.append(f"reload: store watch took up a new import in {finished - began:.1f} s")
+        time.sleep(1.0)
+
+        # 2. rollback by tag; the watch does not undo it
+        began = time.monotonic()
+        r = reload(server, {"tag": first_tag})
+        finished = time.monotonic()
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["result"] == "reloaded" and body["workers_agree"], body
+        assert body["bento_model_tag"] == first_tag and body["model_version"] == first_version
+        assert body["previous_bento_model_tag"] == second_tag
+        assert {w["bento_model_tag"] for w in body["workers"]} == {first_tag}
+        steps.append((began, finished, first_version))
+        report.append(f"reload: rollback answered, all workers on it, in {finished - began:.2f} s")
+        time.sleep(2.0)  # four watch periods
+        assert info(server)["bento_model_tag"] == first_tag
+
+        # 3. one step from registry to served: import_model.py --reload-url
+        began = time.monotonic()
+        done = import_model(home, second_version, "--reload-url", server.url)
+        finished = time.monotonic()
+        assert done.returncode == 0, done.stderr
+        assert "every worker serves " + second_tag in done.stderr
+        steps.append((began, finished, second_version_label))
+        time.sleep(1.0)
+
+        # 4. back to the first, then the second's stored bytes change: refused, nothing moves
+        began = time.monotonic()
+        assert reload(server, {"tag": first_tag.split(":")[1]}).status_code == 200
+        finished = time.monotonic()
+        steps.append((began, finished, first_version))
+        stored = home / "models" / second_tag.replace(":", "/") / "model.onnx"
+        original = stored.read_bytes()
+        failed_before = reloads_metric(server).get("failed", 0.0)
+        try:
+            stored.write_bytes(original[:-64] + bytes(64))
+            r = reload(server, {})  # the newest import: the changed one
+            assert r.status_code == 422, r.text
+            assert r.json()["field"] == "tag" and "sha256" in r.json()["error"]
+        finally:
+            stored.write_bytes(original)
+        assert reloads_metric(server)["failed"] == failed_before + 1
+        after = info(server)
+        assert after["bento_model_tag"] == first_tag and after["workers_agree"]
+        time.sleep(1.0)
+
+    results = load.results
+    failed = [r for r in results if r[1] != 200]
+    assert not failed, failed[:5]
+    versions = {r[2] for r in results}
+    assert versions == {first_version, second_version_label}, versions
+    for (_, finished, expected), nxt in zip(steps, [*steps[1:], None], strict=True):
+        until = nxt[0] if nxt else float("inf")
+        window = [r for r in results if finished < r[0] < until]
+        assert window and {r[2] for r in window} == {expected}, (expected, len(window))
+    counts = reloads_metric(server)
+    assert counts["success"] >= 8  # four swaps, on two workers each
+    assert "refused localization_model" in server.log()
+    report.append(
+        f"reload: {len(results)} requests under {CLIENTS} clients across 4 model changes "
+        f"and one refusal, 0 failed"
+    )
+
+
+def test_reload_refuses_without_the_token_and_changes_nothing(server: Server) -> None:
+    before, counts = info(server), reloads_metric(server)
+    missing = reload(server, {"tag": "nope"}, token=None)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert missing.json()["field"] == "authorization"
+    wrong = reload(server, {}, token=TOKEN[:-1] + "x")
+    assert wrong.status_code == 403 and "not ADMIN_TOKEN" in wrong.json()["error"]
+    basic = httpx.post(
+        f"{server.url}/model/reload", json={}, headers={"Authorization": f"Basic {TOKEN}"}
+    )
+    assert basic.status_code == 401
+    unknown = reload(server, {"tag": "localization_model:doesnotexist"})
+    assert unknown.status_code == 404 and unknown.json()["field"] == "tag"
+    other = reload(server, {"tag": "another_model:v1"})
+    assert other.status_code == 400 and "not a version of" in other.json()["error"]
+    after = info(server)
+    assert after["bento_model_tag"] == before["bento_model_tag"]
+    assert after["workers"] == before["workers"]
+    assert reloads_metric(server).get("success") == counts.get("success")
