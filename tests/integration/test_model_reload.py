@@ -10,6 +10,7 @@ versions; a request sent after a step finished must carry that step's version.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -256,3 +257,19 @@ def test_reload_refuses_without_the_token_and_changes_nothing(server: Server) ->
     assert after["bento_model_tag"] == before["bento_model_tag"]
     assert after["workers"] == before["workers"]
     assert reloads_metric(server).get("success") == counts.get("success")
+
+
+def test_reload_benchmark_runs_and_writes_its_results(home: Path, tmp_path: Path) -> None:
+    """`python -m benchmarks.reload`, briefly, on this module's two imports."""
+    run_script(
+        "benchmarks.reload",
+        *("--rounds", "1", "--seconds", "3", "--interval", "0.5", "--workers", "2"),
+        *("--out", str(tmp_path)),
+        env={"BENTOML_HOME": str(home)},
+    )
+    result = json.loads((tmp_path / "reload.json").read_text())
+    summary = result["summary"]
+    assert summary["steady"]["failed"] == 0 and summary["reloading"]["failed"] == 0
+    assert summary["reloads"] >= 2 and summary["reloads_ok"] == summary["reloads"]
+    assert summary["reloads_agreed"] == summary["reloads"]
+    assert "| reloading |" in (tmp_path / "reload.md").read_text()
