@@ -237,6 +237,31 @@ def test_reload_watch_rollback_and_refusal_under_load(
     )
 
 
+def test_readme_reload_commands_run_as_printed(server: Server) -> None:
+    """The curl lines of the README's "Model updates" block, against this server."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Model updates", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.startswith("curl ")]
+    assert len(commands) == 2, commands
+    first_tag = info(server)["bento_model_tag"]
+    answers = []
+    for command in commands:
+        command = command.replace("localhost:3000", server.url.removeprefix("http://"))
+        command = command.replace("localization_model:<older version>", first_tag)
+        done = subprocess.run(
+            ["bash", "-c", command + " --silent --show-error --fail-with-body"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "ADMIN_TOKEN": TOKEN},
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        answers.append(json.loads(done.stdout))
+    assert answers[0]["result"] == "reloaded" and answers[0]["bento_model_tag"] != first_tag
+    assert answers[1]["bento_model_tag"] == first_tag and answers[1]["workers_agree"]
+
+
 def test_reload_refuses_without_the_token_and_changes_nothing(server: Server) -> None:
     before, counts = info(server), reloads_metric(server)
     missing = reload(server, {"tag": "nope"}, token=None)

@@ -367,6 +367,23 @@ def test_model_info(server: Server) -> None:
     after = httpx.get(f"{server.url}/model/info", timeout=10).json()
     assert after["inference_count"] == info["inference_count"] + 5
     assert after["avg_latency_ms"] > 0
+    # both workers report, and serve the one model
+    assert after["workers_agree"] and len(after["workers"]) == 2
+    assert {w["bento_model_tag"] for w in after["workers"]} == {info["bento_model_tag"]}
+    assert after["model_version"] == f"1+{info['sha256'][:12]}"
+
+
+def test_model_reload_is_disabled_without_an_admin_token(server: Server) -> None:
+    before = httpx.get(f"{server.url}/model/info", timeout=10).json()
+    for headers in ({}, {"Authorization": "Bearer anything-at-all-0123456789"}):
+        r = httpx.post(f"{server.url}/model/reload", json={}, headers=headers, timeout=30)
+        assert r.status_code == 403, r.text
+        assert r.json() == {
+            "error": "authorization: model reload is disabled: no ADMIN_TOKEN is configured",
+            "field": "authorization",
+        }
+    after = httpx.get(f"{server.url}/model/info", timeout=10).json()
+    assert after["workers"] == before["workers"]
 
 
 def test_inference_count_sums_both_workers(server: Server, spec: FeatureSpec) -> None:

@@ -66,6 +66,12 @@ def test_deployment_probes_ports_and_scrape_annotations() -> None:
     assert annotations["prometheus.io/path"] == "/metrics"
     assert container["envFrom"][0]["configMapRef"]["name"] == "rf-localization-config"
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    # a new model is a new image, rolled with no pod down until its replacement is ready
+    rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert rolling["maxUnavailable"] == 0 and rolling["maxSurge"] >= 1
+    # the image carries one model: the reload route stays disabled (no token in plain config)
+    assert "ADMIN_TOKEN" not in objects[("ConfigMap", "rf-localization-config")]["data"]
     workers = int(objects[("ConfigMap", "rf-localization-config")]["data"]["SERVICE_WORKERS"])
     assert workers == int(container["resources"]["limits"]["cpu"])  # one worker per core
 
