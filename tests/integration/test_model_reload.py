@@ -149,8 +149,10 @@ def reloads_metric(server: Server) -> dict[str, float]:
 def test_reload_watch_rollback_and_refusal_under_load(
     server: Server, home: Path, second_version: Path, spec: FeatureSpec, report: list[str]
 ) -> None:
+    first_tag = info(server)["bento_model_tag"]
+    served_everywhere(server, first_tag)  # /readyz answers once one worker is ready
     start = info(server)
-    first_tag, first_version = start["bento_model_tag"], start["model_version"]
+    first_version = start["model_version"]
     assert start["workers_agree"] and len(start["workers"]) == 2
     scenes = generate_scenes(24, seed=5, spec=spec)
     bodies: list[dict[str, object]] = [
