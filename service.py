@@ -206,7 +206,8 @@ Localization.add_asgi_middleware(
 )
 Localization.add_asgi_middleware(GetAsPost, paths=("/model/info",))
 Localization.add_asgi_middleware(
-    JSONOnly, paths=("/predict", "/predict_batch", "/ellipse", "/model/info", "/infer")
+    JSONOnly,
+    paths=("/predict", "/predict_batch", "/ellipse", "/model/info", "/model/reload", "/infer"),
 )
 Localization.add_asgi_middleware(
     IQFastPath,

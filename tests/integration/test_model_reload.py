@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -262,6 +263,34 @@ def test_readme_reload_commands_run_as_printed(server: Server) -> None:
         answers.append(json.loads(done.stdout))
     assert answers[0]["result"] == "reloaded" and answers[0]["bento_model_tag"] != first_tag
     assert answers[1]["bento_model_tag"] == first_tag and answers[1]["workers_agree"]
+
+
+def test_a_restarted_worker_comes_back_on_the_reloaded_model(
+    server: Server, home: Path, report: list[str]
+) -> None:
+    """Rolled back away from the newest import, a worker killed with SIGKILL is respawned on
+    the rolled-back model (the shared record), not on the newest import it would resolve."""
+    store = home / "models" / "localization_model"
+    latest = (store / "latest").read_text().strip()
+    (older,) = [d.name for d in store.iterdir() if d.is_dir() and d.name != latest]
+    r = reload(server, {"tag": older})
+    assert r.status_code == 200 and r.json()["workers_agree"], r.text
+    victim = r.json()["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    began = time.monotonic()
+    while time.monotonic() < began + 90:
+        answer = info(server)
+        pids = {w["pid"] for w in answer["workers"]}
+        if victim not in pids and len(pids) == 2 and answer["workers_agree"]:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"no respawned worker agreed: {info(server)['workers']}")
+    assert {w["bento_model_tag"] for w in answer["workers"]} == {f"localization_model:{older}"}
+    report.append(
+        f"reload: a killed worker came back on the rolled-back model in "
+        f"{time.monotonic() - began:.1f} s"
+    )
 
 
 def test_reload_refuses_without_the_token_and_changes_nothing(server: Server) -> None:
