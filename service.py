@@ -52,7 +52,7 @@ from utils.model.served import ServedModel, StoredModel, load_served  # noqa: E4
 from utils.serving import log_filters, metrics, model_store  # noqa: E402
 from utils.serving.model_control import ModelControl  # noqa: E402
 from utils.serving.preflight import check_model_store  # noqa: E402
-from utils.serving.reload import ModelReloader  # noqa: E402
+from utils.serving.reload import ModelReloader, initial_model  # noqa: E402
 
 log = logging.getLogger("bentoml.service.localization")
 log_filters.install()
@@ -83,24 +83,26 @@ class Localization:
     def __init__(self) -> None:
         self.ready = False
         name = self.model.tag.name
-        desired = CONTROL.desired()  # after a reload, a (re)started worker takes up that one
-        stored = (
-            model_store.from_bento(self.model)
-            if desired is None or desired.tag == str(self.model.tag)
-            else model_store.stored(name, desired.tag)
+
+        def resolve(tag: str | None) -> StoredModel:
+            return model_store.stored(name, tag)
+
+        # after a reload, a (re)started worker takes up the reloaded model, not the start one
+        served, generation, error = initial_model(
+            CONTROL, model_store.from_bento(self.model), resolve, self._load
         )
-        served = self._load(stored)
         self.pipeline = Pipeline.build(served, settings, lambda texts: self.to_async.infer(texts))
         self.reloader = ModelReloader(
             self.pipeline,
             CONTROL,
-            resolve=lambda tag: model_store.stored(name, tag),
+            resolve=resolve,
             load=self._load,
             latest=lambda: model_store.latest_tag(name),
             expected_workers=WORKERS,
             watch_s=settings.model_watch_seconds,
             converge_timeout_s=settings.reload_wait_s,
-            generation=desired.generation if desired else 0,
+            generation=generation,
+            error=error,
         )
         self.ready = True
         metrics.model_loaded(served)

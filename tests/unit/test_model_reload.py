@@ -27,7 +27,7 @@ from utils.model.served import ServedModel, StoredModel
 from utils.serving.cache import LRUCache
 from utils.serving.model_control import ModelControl, WorkerStatus
 from utils.serving.model_store import UnknownModel, full_tag
-from utils.serving.reload import ModelReloader, ReloadRefused
+from utils.serving.reload import ModelReloader, ReloadRefused, initial_model
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +331,20 @@ def test_only_the_admin_token_may_reload(
 def test_the_admin_token_passes() -> None:
     authorize("Bearer abcdefghijklmnop", SecretStr("abcdefghijklmnop"))
     authorize("bearer   abcdefghijklmnop ", SecretStr("abcdefghijklmnop"))
+
+
+def test_a_starting_worker_takes_up_the_recorded_model_or_says_why_not(
+    tmp_path: Path, two: tuple[ModelRuntime, ModelRuntime]
+) -> None:
+    a, b = two
+    store = FakeStore({"m:1": a, "m:2": b})
+    control = ModelControl(tmp_path)
+    start = store.resolve("m:2")  # what `latest` resolves to when the worker starts
+    assert initial_model(control, start, store.resolve, store.load)[0].tag == "m:2"
+    control.initialize("m:2", "m:2")
+    control.publish("m:1", "request")  # a rollback happened before this worker (re)started
+    served_model, generation, error = initial_model(control, start, store.resolve, store.load)
+    assert (served_model.tag, generation, error) == ("m:1", 1, None)
+    store.broken.add("m:1")  # its bytes changed since: the start model, and the reason
+    served_model, generation, error = initial_model(control, start, store.resolve, store.load)
+    assert served_model.tag == "m:2" and "m:1 refused" in (error or "")

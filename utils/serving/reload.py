@@ -58,6 +58,28 @@ class ReloadOutcome:
     workers_agree: bool
 
 
+def initial_model(
+    control: ModelControl,
+    start: StoredModel,
+    resolve: Callable[[str | None], StoredModel],
+    load: Callable[[StoredModel], ServedModel],
+) -> tuple[ServedModel, int, str | None]:
+    """What a starting worker serves: the shared record's model (so a worker restarted after
+    a reload comes back on the reloaded one), else `start`. Should the record's model no
+    longer pass its checks, `start`, with the reason: (model, generation, error)."""
+    desired = control.desired()
+    if desired is None:
+        return load(start), 0, None
+    if desired.tag == start.tag:
+        return load(start), desired.generation, None
+    try:
+        return load(resolve(desired.tag)), desired.generation, None
+    except (ModelLoadError, LookupError) as exc:
+        metrics.MODEL_RELOADS.labels("failed").inc()
+        log.error("cannot take up %s at start (%s); serving %s", desired.tag, exc, start.tag)
+        return load(start), desired.generation, f"{desired.tag} refused: {exc}"
+
+
 class ModelReloader:
     """Load-check-swap for one worker, driven by requests, the shared folder and the watch."""
 
@@ -73,6 +95,7 @@ class ModelReloader:
         watch_s: float = 0.0,
         converge_timeout_s: float = 30.0,
         generation: int = 0,
+        error: str | None = None,
     ) -> None:
         self.target = target
         self.control = control
@@ -83,7 +106,7 @@ class ModelReloader:
         self.watch_s = watch_s
         self.converge_timeout_s = converge_timeout_s
         self.generation = generation  # the desired generation this worker has acted on
-        self.error: str | None = None
+        self.error = error  # why this worker refused the last model it tried, if it did
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._next_watch = time.monotonic() + watch_s
