@@ -30,6 +30,7 @@ from utils.api.model_info import describe  # noqa: E402
 from utils.api.model_reload import authorize, reload_response  # noqa: E402
 from utils.api.pipeline import Pipeline, infer_canonical  # noqa: E402
 from utils.api.responses import utc_now  # noqa: E402
+from utils.api.sample_scene import sample_scene  # noqa: E402
 from utils.api.schemas import (  # noqa: E402
     API_MODELS,
     BatchPredictionResponse,
@@ -41,11 +42,14 @@ from utils.api.schemas import (  # noqa: E402
     PredictRequest,
     ReloadRequest,
     ReloadResponse,
+    SampleScene,
+    SampleSceneRequest,
 )
 from utils.asgi.body_size_limit import BodySizeLimit  # noqa: E402
 from utils.asgi.get_as_post import GetAsPost  # noqa: E402
 from utils.asgi.iq_fast_path import IQFastPath  # noqa: E402
 from utils.asgi.json_only import JSONOnly  # noqa: E402
+from utils.asgi.map_page import map_page  # noqa: E402
 from utils.asgi.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
 from utils.config import get_settings  # noqa: E402
 from utils.model.served import ServedModel, StoredModel, load_served  # noqa: E402
@@ -191,6 +195,12 @@ class Localization:
         and what every worker serves."""
         return describe(self.pipeline.served, *self.reloader.workers())
 
+    @bentoml.api(route="/sample_scene", input_spec=SampleSceneRequest)
+    def sample_scene(self, **request: Any) -> SampleScene:
+        """A synthetic capture set for the served model and its true transmitter (the map)."""
+        seed = SampleSceneRequest.model_construct(**request).seed
+        return sample_scene(self.pipeline.served.runtime.spec, seed)
+
     @bentoml.api(route="/model/reload", input_spec=ReloadRequest)
     async def model_reload(self, ctx: bentoml.Context, **request: Any) -> ReloadResponse:
         """Operators only (Bearer ADMIN_TOKEN): serve another stored version of the model,
@@ -206,10 +216,18 @@ class Localization:
 Localization.add_asgi_middleware(
     BodySizeLimit, max_bytes=settings.max_request_bytes, max_json_values=settings.max_json_values
 )
-Localization.add_asgi_middleware(GetAsPost, paths=("/model/info",))
+Localization.add_asgi_middleware(GetAsPost, paths=("/model/info", "/sample_scene"))
 Localization.add_asgi_middleware(
     JSONOnly,
-    paths=("/predict", "/predict_batch", "/ellipse", "/model/info", "/model/reload", "/infer"),
+    paths=(
+        "/predict",
+        "/predict_batch",
+        "/ellipse",
+        "/model/info",
+        "/model/reload",
+        "/sample_scene",
+        "/infer",
+    ),
 )
 Localization.add_asgi_middleware(
     IQFastPath,
@@ -217,3 +235,4 @@ Localization.add_asgi_middleware(
     others={"/predict": "iq_b64", "/predict_batch": "iq_b64_samples"},
 )
 Localization.add_asgi_middleware(OpenAPIFix, nullable=nullable_fields(API_MODELS))
+Localization.mount_asgi_app(map_page(), path="/map")

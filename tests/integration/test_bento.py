@@ -117,5 +117,10 @@ def test_bento_serves_from_its_own_requirements(
         assert position["latitude"] == pytest.approx(float(want.positions[0, 0]), abs=1e-4)
         assert position["longitude"] == pytest.approx(float(want.positions[0, 1]), abs=1e-4)
         assert np.isfinite(got.json()["uncertainty"]["sigma_x"])
+        # the map page travels with the bento, its vendored files too (served offline)
+        page = httpx.get(f"{server.url}/map/", timeout=10)
+        assert page.status_code == 200 and "map.js" in page.text
+        for asset in ("map.js", "vendor/leaflet/leaflet.js", "vendor/world-atlas/LICENSE"):
+            assert httpx.get(f"{server.url}/map/{asset}", timeout=10).status_code == 200
     finally:
         assert server.stop() == 0, server.log()[-3000:]

@@ -227,6 +227,23 @@ class ReloadResponse(BaseModel):
     workers_agree: bool
 
 
+class SampleSceneRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        lt=2**31,
+        description="the same seed gives the same scene; omitted: a new one",
+    )
+
+
+class SampleScene(BaseModel):
+    iq_b64: str = Field(description="the capture set, as `/predict` takes it")
+    transmitter: Position = Field(description="where the synthetic transmitter is")
+    seed: int
+
+
 #: Every model the API documents (the OpenAPI fix marks their optional fields nullable).
 API_MODELS: list[type[BaseModel]] = [
     PredictionResponse,
@@ -236,6 +253,8 @@ API_MODELS: list[type[BaseModel]] = [
     WorkerModel,
     ReloadRequest,
     ReloadResponse,
+    SampleSceneRequest,
+    SampleScene,
     PredictRequest,
     PredictBatchRequest,
     EllipseRequest,

@@ -1,0 +1,197 @@
+"""The map page (`GET /map/`) in a real headless Chromium (Debian's `chromium`, by Playwright).
+
+No network: OpenStreetMap tile requests are aborted, so the page must stand on its vendored
+basemap. What it draws is checked against the API it calls: the sample scene's ellipse against
+`/ellipse` for the same parameters, its error distance against the great-circle distance, the
+playground's redraw on a slider change, a user's `.npy` against `/predict` of the same bytes.
+A screenshot is written to `test-artifacts/map.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.support.serving import Server, start_server
+from utils.api.decoding import encode_capture
+from utils.config import PROJECT_ROOT
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes, great_circle_km
+
+ARTIFACTS = Path(os.environ.get("RFLOC_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
+OSM = "https://tile.openstreetmap.org/**"
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[Server]:
+    srv = start_server(home, home / "map.log", env={"SERVICE_WORKERS": "1"})
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "the map page test needs Debian's chromium (.ci/run installs it)"
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture()
+def page(browser: Any, server: Server) -> Iterator[tuple[Any, list[str]]]:
+    """The loaded page, and every console error or page error it logged."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+
+    def console(message: Any) -> None:
+        url = (message.location or {}).get("url", "")
+        if message.type == "error" and not url.startswith("https://tile.openstreetmap.org/"):
+            errors.append(f"console: {message.text} ({url})")
+
+    page.on("console", console)
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.route(OSM, lambda route: route.abort())  # no network here: the offline basemap
+    page.goto(f"{server.url}/map/")
+    page.wait_for_function("window.rfmap && window.rfmap.ready", timeout=60_000)
+    yield page, errors
+    context.close()
+
+
+def coordinates(geojson: dict[str, Any]) -> np.ndarray:
+    """Every vertex of a Feature / FeatureCollection's (Multi)Polygon, in order."""
+    features = geojson["features"] if geojson["type"] == "FeatureCollection" else [geojson]
+    points: list[list[float]] = []
+    for feature in features:
+        geometry = feature["geometry"]
+        polygons = (
+            geometry["coordinates"]
+            if geometry["type"] == "MultiPolygon"
+            else [geometry["coordinates"]]
+        )
+        for polygon in polygons:
+            for ring in polygon:
+                points.extend(ring)
+    return np.asarray(points, dtype=float)
+
+
+def drawn(page: Any, layer: str) -> dict[str, Any]:
+    """The layer as Leaflet holds it, at full precision."""
+    script = f"JSON.stringify(window.rfmap.layers.{layer}.toGeoJSON(false))"
+    return json.loads(page.evaluate(script))
+
+
+def test_the_page_loads_offline_with_the_models_receivers(
+    page: tuple[Any, list[str]], server: Server
+) -> None:
+    p, errors = page
+    info = httpx.get(f"{server.url}/model/info", timeout=30).json()
+    names = [r["name"] for r in info["feature_spec"]["receivers"]]
+    assert p.locator(".receiver").all_text_contents() == names
+    assert "Offline: Natural Earth" in p.text_content("#basemap")
+    assert info["bento_model_tag"] in p.text_content("#model")
+    for asset in ("vendor/leaflet/LICENSE", "vendor/world-atlas/LICENSE", "map.css"):
+        assert httpx.get(f"{server.url}/map/{asset}", timeout=30).status_code == 200
+    assert not errors, errors
+
+
+def test_sample_scene_draws_the_ellipse_of_ellipse_and_the_true_error(
+    page: tuple[Any, list[str]], server: Server
+) -> None:
+    p, errors = page
+    p.click("#scene")
+    p.wait_for_function("window.rfmap.last && window.rfmap.last.prediction", timeout=60_000)
+    last = p.evaluate("window.rfmap.last")
+    prediction, scene = last["prediction"], last["scene"]
+    u = prediction["uncertainty"]
+    same = httpx.post(
+        f"{server.url}/ellipse",
+        json={
+            "latitude": prediction["position"]["latitude"],
+            "longitude": prediction["position"]["longitude"],
+            "sigma_x": u["sigma_x"],
+            "sigma_y": u["sigma_y"],
+            "rho": u["rho"],
+            "confidence_level": 0.95,
+        },
+        timeout=30,
+    ).json()
+    np.testing.assert_allclose(
+        coordinates(drawn(p, "ellipse")), coordinates(same["geojson"]), atol=1e-9
+    )
+    truth = scene["transmitter"]
+    expected_km = float(
+        great_circle_km(
+            prediction["position"]["latitude"],
+            prediction["position"]["longitude"],
+            truth["latitude"],
+            truth["longitude"],
+        )
+    )
+    assert last["error"] / 1000 == pytest.approx(expected_km, rel=1e-3)
+    assert f"error {expected_km:.1f} km" in p.text_content("#scene-result")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    p.screenshot(path=str(ARTIFACTS / "map.png"))
+    assert not errors, errors
+
+
+def test_the_playground_redraws_on_a_slider_and_across_the_antimeridian(
+    page: tuple[Any, list[str]], server: Server
+) -> None:
+    p, errors = page
+    before = p.evaluate("window.rfmap.redraws")
+    p.locator("#rho").fill("-0.6")
+    p.wait_for_function(f"window.rfmap.redraws > {before}", timeout=30_000)
+    p.wait_for_function("window.rfmap.lastEllipse.params.rho === -0.6", timeout=30_000)
+    params = p.evaluate("window.rfmap.lastEllipse.params")
+    same = httpx.post(f"{server.url}/ellipse", json=params, timeout=30).json()
+    np.testing.assert_allclose(
+        coordinates(drawn(p, "playground")), coordinates(same["geojson"]), atol=1e-9
+    )
+    for button, kind in (("antimeridian", "MultiPolygon"), ("near the pole", None)):
+        count = p.evaluate("window.rfmap.redraws")
+        p.get_by_role("button", name=button).click()
+        p.wait_for_function(f"window.rfmap.redraws > {count}", timeout=30_000)
+        geometry = p.evaluate("window.rfmap.lastEllipse.ellipse.geojson.geometry")
+        if kind:
+            assert geometry["type"] == kind  # cut at 180 degrees (RFC 7946)
+        assert "error" not in (p.get_attribute("#playground-result", "class") or "")
+    assert not errors, errors
+
+
+def test_a_dropped_npy_capture_is_predicted_like_its_iq_b64(
+    page: tuple[Any, list[str]], server: Server, tmp_path: Path
+) -> None:
+    p, errors = page
+    info = httpx.get(f"{server.url}/model/info", timeout=30).json()
+    capture = generate_scenes(1, seed=77, spec=FeatureSpec.model_validate(info["feature_spec"]))
+    path = tmp_path / "capture.npy"
+    np.save(path, capture.iq[0].astype(np.complex64))
+    p.set_input_files("#file", str(path))
+    p.wait_for_function("window.rfmap.last && window.rfmap.last.prediction", timeout=60_000)
+    shown = p.evaluate("window.rfmap.last.prediction")
+    direct = httpx.post(
+        f"{server.url}/predict", json={"iq_b64": encode_capture(capture.iq[0])}, timeout=60
+    ).json()
+    assert shown["position"] == direct["position"]
+    assert "capture.npy: " in p.text_content("#file-result")
+    bad = tmp_path / "wrong.npy"
+    np.save(bad, capture.iq[0].astype(np.complex128))
+    p.set_input_files("#file", str(bad))
+    p.wait_for_function(
+        "document.getElementById('file-result').textContent.includes('complex64')",
+        timeout=30_000,
+    )
+    assert not errors, errors
