@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: serve test lint bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help
+.PHONY: serve test lint bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -49,6 +49,10 @@ lint: install-test
 
 bento: import
 	BENTOML_DO_NOT_TRACK=True $(VENV)/bin/bentoml build .
+
+# The map page's third-party files (Leaflet, topojson-client, Natural Earth), from npm.
+vendor-map:
+	scripts/vendor_map.sh
 
 container-test: install-train
 	deploy/container-test.sh
