@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,20 @@ def coordinates(geojson: dict[str, Any]) -> np.ndarray:
             for ring in polygon:
                 points.extend(ring)
     return np.asarray(points, dtype=float)
+
+
+def one_pixel_png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)  # 1×1, 8-bit RGBA
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00\xcf\xe3\xf3\xff"))
+        + chunk(b"IEND", b"")
+    )
 
 
 def drawn(page: Any, layer: str) -> dict[str, Any]:
@@ -195,3 +211,44 @@ def test_a_dropped_npy_capture_is_predicted_like_its_iq_b64(
         timeout=30_000,
     )
     assert not errors, errors
+
+
+def test_a_dropped_json_body_is_predicted_and_tiles_are_used_when_reachable(
+    browser: Any, server: Server, tmp_path: Path
+) -> None:
+    """With OpenStreetMap reachable (served here by a route: a 1×1 PNG), tiles go on top; a
+    JSON body as /predict takes it is predicted like the same body posted directly."""
+    png = one_pixel_png()
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    tiles: list[str] = []
+
+    def tile(route: Any) -> None:
+        tiles.append(route.request.url)
+        route.fulfill(status=200, content_type="image/png", body=png)
+
+    page.route(OSM, tile)
+    try:
+        page.goto(f"{server.url}/map/")
+        page.wait_for_function("window.rfmap && window.rfmap.ready", timeout=60_000)
+        assert "OpenStreetMap over Natural Earth" in page.text_content("#basemap")
+        page.wait_for_function("document.querySelectorAll('.leaflet-tile').length > 0")
+        assert len(tiles) > 1  # the probe, then the map's own tiles
+        info = httpx.get(f"{server.url}/model/info", timeout=30).json()
+        spec = FeatureSpec.model_validate(info["feature_spec"])
+        capture = generate_scenes(1, seed=78, spec=spec).iq[0]
+        body = {"iq_data": np.stack([capture.real, capture.imag], axis=-1).tolist()}
+        path = tmp_path / "body.json"
+        path.write_text(json.dumps(body))
+        page.set_input_files("#file", str(path))
+        page.wait_for_function("window.rfmap.last && window.rfmap.last.prediction")
+        shown = page.evaluate("window.rfmap.last.prediction")
+        direct = httpx.post(f"{server.url}/predict", json=body, timeout=60).json()
+        assert shown["position"] == direct["position"]
+        assert shown["ellipse"]["geojson"]["type"] == "Feature"  # include_geojson was added
+        assert not errors, errors
+    finally:
+        context.close()
