@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: serve test lint bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
+.PHONY: lock serve test lint bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -49,6 +49,12 @@ lint: install-test
 
 bento: import
 	BENTOML_DO_NOT_TRACK=True $(VENV)/bin/bentoml build .
+
+# The bento's fully pinned, hashed serving lock, compiled from requirements/serve.txt for the
+# image's platform (Linux x86_64, Python 3.11). Re-run after changing serve.txt.
+lock: install-test
+	$(VENV)/bin/uv pip compile requirements/serve.txt --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o requirements/serve.lock
 
 # The map page's third-party files (Leaflet, topojson-client, Natural Earth), from npm.
 vendor-map:

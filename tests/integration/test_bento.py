@@ -4,6 +4,7 @@ from nothing but the bento's own requirements, from a folder outside the project
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,16 +64,32 @@ def test_bento_serves_from_its_own_requirements(
     requirements = (bento / "env" / "python" / "requirements.txt").read_text().lower()
     for package in FORBIDDEN:
         assert package not in requirements, package
+    # reproducible: every requirement pinned to one version, with its hashes (make lock)
+    lines = [
+        " ".join(line.split())
+        for line in requirements.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    hashed = r"[a-z0-9._-]+(\[[a-z0-9,._-]+\])?==[^\s=;]+( --hash=sha256:[0-9a-f]{64})+"
+    # BentoML appends its own pin, unhashed, after the lock (which pins it with hashes too)
+    assert lines[-1] == "bentoml==1.4.40"
+    assert any(line.startswith("bentoml==1.4.40 --hash=") for line in lines)
+    assert len(lines) > 50
+    for line in lines[:-1]:
+        assert re.fullmatch(hashed, line), line
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
+    # as the image's install script does it: uv, hashes verified where the lock gives them
+    uv = str(Path(sys.executable).with_name("uv"))
     installed = subprocess.run(
         [
-            python,
-            "-m",
+            uv,
             "pip",
             "install",
+            "--python",
+            python,
             "-q",
             "-r",
             str(bento / "env" / "python" / "requirements.txt"),

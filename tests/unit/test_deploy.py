@@ -98,3 +98,30 @@ def test_compose_wires_the_stack() -> None:
     assert "redis" in services["localization"]["depends_on"]
     assert "/readyz" in " ".join(services["localization"]["healthcheck"]["test"])
     assert services["mlflow"]["profiles"] == ["registry"]  # import/build time only
+
+
+def _set_by_deploy_files() -> dict[str, dict[str, str]]:
+    """Every Settings variable each deployment file sets, with its value as text."""
+    objects = _k8s()
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    bentofile = yaml.safe_load((PROJECT_ROOT / "bentofile.yaml").read_text())
+    found = {
+        "configmap": objects[("ConfigMap", "rf-localization-config")]["data"],
+        "compose": compose["services"]["localization"]["environment"],
+        "bentofile": {e["name"]: e["value"] for e in bentofile.get("envs", [])},
+    }
+    return {
+        where: {k: str(v) for k, v in env.items() if k.lower() in Settings.model_fields}
+        for where, env in found.items()
+    }
+
+
+def test_deployment_files_set_only_what_differs_from_the_defaults() -> None:
+    """utils/config.py is the one source of defaults: a file restating one would keep it after
+    the default changes (it did: BATCH_MAX_LATENCY_MS)."""
+    defaults = Settings(_env_file=None)
+    for where, env in _set_by_deploy_files().items():
+        for name, value in env.items():
+            field = name.lower()
+            given = getattr(Settings(_env_file=None, **{field: value}), field)
+            assert given != getattr(defaults, field), f"{where} restates the default {name}"
