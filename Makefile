@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: lock serve test lint bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
+.PHONY: image lock serve test lint bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -59,6 +59,14 @@ lock: install-test
 # The map page's third-party files (Leaflet, topojson-client, Natural Earth), from npm.
 vendor-map:
 	scripts/vendor_map.sh
+
+# The serving image of the newest bento (BACKEND=podman for podman). Containerized from $TMPDIR:
+# BentoML 1.4.40 refuses the bento's dockerfile_template outside the working directory.
+BACKEND ?= docker
+IMAGE   ?= rf-localization:latest
+image: bento
+	cd "$${TMPDIR:-/tmp}" && BENTOML_DO_NOT_TRACK=True $(abspath $(VENV))/bin/bentoml containerize \
+		--backend $(BACKEND) rf_localization:latest -t $(IMAGE)
 
 container-test: install-train
 	deploy/container-test.sh

@@ -79,7 +79,10 @@ echo "bento: $tag"
 
 log "containerize"
 started=$(date +%s)
-"$PY" -m bentoml containerize --backend podman "$tag" -t "$IMAGE" --opt network=host
+# from $TMPDIR: BentoML 1.4.40 refuses a dockerfile_template outside the working directory,
+# and its build context is a temporary folder
+(cd "${TMPDIR:-/tmp}" && "$PY" -m bentoml containerize --backend podman "$tag" -t "$IMAGE" \
+  --opt network=host)
 build_s=$(( $(date +%s) - started ))
 size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
 
@@ -96,9 +99,9 @@ curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null
 "$PY" - "$PORT" "$build_s" "$size" <<'PYCHECK'
 import base64, json, sys, urllib.request
 import numpy as np
-from utils.feature_spec import FeatureSpec
-from utils.synthetic import generate_scenes
-from utils.uncertainty import local_offsets_m
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
+from utils.geo.ellipse import local_offsets_m
 
 port, build_s, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 scenes = generate_scenes(20, seed=31337, spec=FeatureSpec())
