@@ -54,7 +54,11 @@ if ! podman image exists "$BASE"; then
     rm -rf "$WORK/rootfs"
     debootstrap --variant=minbase bookworm "$WORK/rootfs" "$mirror"
   fi
-  tar -C "$WORK/rootfs" -c . | podman import - localhost/debian-bookworm-minbase
+  # as slim as the official image: no downloaded .debs, apt lists, docs, man pages or locales
+  tar -C "$WORK/rootfs" --exclude='./var/cache/apt/archives/*.deb' \
+      --exclude='./var/lib/apt/lists/*' --exclude='./usr/share/doc/*' \
+      --exclude='./usr/share/man/*' --exclude='./usr/share/locale/*' -c . \
+    | podman import - localhost/debian-bookworm-minbase
   mkdir -p "$WORK/base/ca"
   cp /usr/local/share/ca-certificates/*.crt "$WORK/base/ca/" 2>/dev/null || true
   cat > "$WORK/base/Containerfile" <<CONF
@@ -62,7 +66,8 @@ FROM localhost/debian-bookworm-minbase
 COPY ca/ /usr/local/share/ca-certificates/
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       python3.11 python3-pip python3-venv ca-certificates \
- && update-ca-certificates && rm -rf /var/lib/apt/lists/* \
+ && update-ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/* \
  && ln -sf /usr/bin/python3.11 /usr/local/bin/python && ln -sf /usr/bin/python3.11 /usr/local/bin/python3
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     UV_NATIVE_TLS=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -96,14 +101,25 @@ for _ in $(seq 1 120); do
   sleep 1
 done
 curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null
-"$PY" - "$PORT" "$build_s" "$size" <<'PYCHECK'
+log "image facts"
+base_size=$(podman image inspect "$BASE" --format '{{.Size}}')
+user=$(podman run --rm --entrypoint id "$IMAGE" -un)
+tools=$(podman run --rm --entrypoint sh "$IMAGE" -c 'for t in gcc cc g++ make git; do command -v $t; done; true')
+[ "$user" != root ] || { echo "the image runs as root"; exit 1; }
+[ -z "$tools" ] || { echo "compilers or git in the image: $tools"; exit 1; }
+podman run --rm --entrypoint sh "$IMAGE" -c \
+  'du -sm /app/.venv/lib/python3.11/site-packages/* | sort -rn | head -8' > "$WORK/top-packages.txt"
+cat "$WORK/top-packages.txt"
+
+"$PY" - "$PORT" "$build_s" "$size" "$base_size" "$user" "$WORK/top-packages.txt" <<'PYCHECK'
 import base64, json, sys, urllib.request
 import numpy as np
 from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes
 from utils.geo.ellipse import local_offsets_m
 
-port, build_s, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+port, build_s, size, base_size, user = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+top = [line.split("\t") for line in open(sys.argv[6]).read().splitlines()]
 scenes = generate_scenes(20, seed=31337, spec=FeatureSpec())
 body = {"iq_b64_samples": [base64.b64encode(c.astype("<c8").tobytes()).decode() for c in scenes.iq]}
 req = urllib.request.Request(f"http://127.0.0.1:{port}/predict_batch", data=json.dumps(body).encode(),
@@ -115,7 +131,17 @@ for p, lat, lon in zip(predictions, scenes.tx_latitude, scenes.tx_longitude):
     errors.append(float(np.hypot(east, north)))
 median_km = float(np.median(errors)) / 1000
 assert len(predictions) == 20 and median_km < 60, median_km
-result = {"containerize_seconds": build_s, "image_bytes": size, "median_error_km": round(median_km, 1)}
+result = {
+    "containerize_seconds": build_s,
+    "image_bytes": size,
+    "base_image_bytes": base_size,
+    "added_bytes": size - base_size,
+    "user": user,
+    "compilers_or_git": [],
+    "top_packages_mb": {name.rsplit("/", 1)[-1]: int(mb) for mb, name in top},
+    "median_error_km": round(median_km, 1),
+    "before": {"image_bytes": 1502605385, "note": "BentoML's Debian template, build-essential and git"},
+}
 print(json.dumps(result))
 open("benchmarks/results/container.json", "w").write(json.dumps(result, indent=2) + "\n")
 PYCHECK
