@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: image lock serve test lint bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
+.PHONY: benchmark-reload image lock serve test lint bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -90,6 +90,11 @@ benchmark: import install-test
 	$(PY) -m benchmarks.compare
 	$(PY) -m benchmarks.burst
 	$(PY) -m benchmarks.steady
+
+# What a reload costs under load; needs two imports in the store (python -m demo.bootstrap
+# --force, then make import).
+benchmark-reload: import install-test
+	$(PY) -m benchmarks.reload
 
 # Soak: locust at moderate load for SOAK_SECONDS, errors and RSS over time.
 SOAK_SECONDS ?= 600
