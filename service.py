@@ -45,6 +45,7 @@ from utils.api.schemas import (  # noqa: E402
     SampleScene,
     SampleSceneRequest,
 )
+from utils.asgi.api_page import APIPage  # noqa: E402
 from utils.asgi.body_size_limit import BodySizeLimit  # noqa: E402
 from utils.asgi.get_as_post import GetAsPost  # noqa: E402
 from utils.asgi.iq_fast_path import IQFastPath  # noqa: E402
@@ -235,4 +236,5 @@ Localization.add_asgi_middleware(
     others={"/predict": "iq_b64", "/predict_batch": "iq_b64_samples"},
 )
 Localization.add_asgi_middleware(OpenAPIFix, nullable=nullable_fields(API_MODELS))
+Localization.add_asgi_middleware(APIPage)
 Localization.mount_asgi_app(map_page(), path="/map")

@@ -76,3 +76,19 @@ def home(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
     bentoml_home = tmp_path_factory.mktemp("bentoml-home")
     import_demo_model(bentoml_home, settings.local_registry_dir)
     return bentoml_home
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Debian's headless Chromium driven by Playwright (no browser download): the pages the
+    service serves are tested where users read them. Fails, never skips, without Chromium."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "the browser tests need Debian's chromium (.ci/run installs it)"
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import zlib
 from collections.abc import Iterator
@@ -37,18 +36,6 @@ def server(home: Path) -> Iterator[Server]:
     srv = start_server(home, home / "map.log", env={"SERVICE_WORKERS": "1"})
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "the map page test needs Debian's chromium (.ci/run installs it)"
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture()

@@ -6,7 +6,9 @@ BentoML 1.4 publishes OpenAPI 3.0.2 but passes pydantic's JSON Schema 2020-12 th
 a non-null type although the API returns `null` (`confidence`, `session_id`, ...), and a 400
 schema whose `detail` is a string while BentoML's validation errors send a list. Code
 generators and contract testers (schemathesis) reject or misread such a document, so this ASGI
-middleware rewrites the JSON on its way out; nothing else is touched.
+middleware rewrites the JSON on its way out; nothing else is touched. It also replaces BentoML's
+`info` (a README whose badges load images from shields.io and readthedocs in every visitor's
+browser, and BentoML's own contact) with this service's: the API page calls no third party.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DOCS_PATH = "/docs.json"
+INFO: dict[str, Any] = {
+    "title": "RF transmitter localization",
+    "description": "IQ captures from several receivers in; the transmitter's position, its "
+    "uncertainty ellipse and a fix / no-fix verdict out. The contract (fields, errors, units, "
+    "ellipse conventions) is `docs/api.md` in the project; the map page is [/map/](/map/).",
+}
 
 
 def nullable_fields(models: list[type[BaseModel]]) -> dict[str, set[str]]:
@@ -73,6 +81,8 @@ def _fix_node(node: Any, nullable: dict[str, set[str]]) -> Any:
 
 def fix_spec(spec: dict[str, Any], nullable: dict[str, set[str]]) -> dict[str, Any]:
     fixed = _fix_node(spec, nullable)
+    info = fixed.get("info")
+    fixed["info"] = {"version": str(info.get("version")) if isinstance(info, dict) else "", **INFO}
     error = fixed.get("components", {}).get("schemas", {}).get("InvalidArgument")
     if isinstance(error, dict):
         props = error.setdefault("properties", {})
