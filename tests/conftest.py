@@ -78,10 +78,12 @@ def home(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bentoml_home
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     """Debian's headless Chromium driven by Playwright (no browser download): the pages the
-    service serves are tested where users read them. Fails, never skips, without Chromium."""
+    service serves are tested where users read them. Fails, never skips, without Chromium.
+    Module-scoped on purpose: Playwright's sync API keeps an event loop running on this
+    thread while it lives, and later tests call `asyncio.run`."""
     import shutil
 
     from playwright.sync_api import sync_playwright
