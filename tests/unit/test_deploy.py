@@ -125,3 +125,48 @@ def test_deployment_files_set_only_what_differs_from_the_defaults() -> None:
             field = name.lower()
             given = getattr(Settings(_env_file=None, **{field: value}), field)
             assert given != getattr(defaults, field), f"{where} restates the default {name}"
+
+
+def test_pods_run_unprivileged_on_a_read_only_root() -> None:
+    """Checked by hand with podman: the image serves with `--read-only`, `--cap-drop ALL`,
+    `no-new-privileges`, a writable /tmp and BENTOML_HOME there."""
+    objects = _k8s()
+    pod = objects[("Deployment", "rf-localization")]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(mounts) == {"/tmp"} and "emptyDir" in volumes[mounts["/tmp"]]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["BENTOML_HOME"].startswith("/tmp/")
+
+
+def test_a_disruption_budget_and_redis_open_to_the_service_only() -> None:
+    objects = _k8s()
+    labels = objects[("Deployment", "rf-localization")]["spec"]["template"]["metadata"]["labels"]
+    pdb = objects[("PodDisruptionBudget", "rf-localization")]["spec"]
+    assert pdb["minAvailable"] >= 1
+    assert all(labels.get(k) == v for k, v in pdb["selector"]["matchLabels"].items())
+    policy = objects[("NetworkPolicy", "rf-localization-redis")]["spec"]
+    redis = objects[("Deployment", "rf-localization-redis")]["spec"]["template"]["metadata"]
+    assert policy["podSelector"]["matchLabels"] == redis["labels"]
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert source == {"podSelector": {"matchLabels": labels}}
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+
+
+def test_every_manifest_passes_strict_kubernetes_schemas() -> None:
+    """Offline, against the schemas of Kubernetes 1.33 (kubernetes-validate bundles them)."""
+    import kubernetes_validate
+
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in _docs(path):
+            kubernetes_validate.validate(doc, "1.33.0", strict=True)  # raises on any error
