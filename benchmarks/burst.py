@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from benchmarks.compare import (
     bentoml_serve,
     free_port,
     import_model_into,
+    run_meta,
     write_results,
 )
 from benchmarks.loadgen import LoadResult, run_for, run_load
@@ -256,15 +256,12 @@ def run(
     for policy in policies:
         rows += measure_policy(policy, env, work, b64, pairs, burst_seconds, requests)
     result = {
-        "meta": {
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "workers": workers,
-            "burst_seconds": burst_seconds,
-            "requests": requests,
-            "note": "load generator on the same machine as the servers",
-        },
+        "meta": run_meta(
+            workers=workers,
+            burst_seconds=burst_seconds,
+            requests=requests,
+            note="load generator on the same machine as the servers",
+        ),
         "compute_ms": compute_ms,
         "rows": rows,
         "targets": targets(rows, compute_ms, floor, policies),

@@ -402,22 +402,29 @@ def run(
             )
 
     result = {
-        "meta": {
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "workers": workers,
-            "concurrency": levels,
-            "scenes": scenes,
-            "model": f"{model_dir.parent.name}:{model_dir.name}",
-            "note": "load generator on the same machine as the servers",
-        },
+        "meta": run_meta(
+            workers=workers,
+            concurrency=levels,
+            scenes=scenes,
+            model=f"{model_dir.parent.name}:{model_dir.name}",
+            note="load generator on the same machine as the servers",
+        ),
         "rows": rows,
         "cache_hit": cache_hit,
         "targets": targets(rows, levels),
     }
     write_results(out, "compare", result, markdown(result))
     return result
+
+
+def run_meta(**extra: Any) -> dict[str, Any]:
+    """The `meta` every results file opens with: when, on what, plus the run's parameters."""
+    return {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        **extra,
+    }
 
 
 def write_results(out: Path | None, name: str, result: dict[str, Any], table: str) -> None:

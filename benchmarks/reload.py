@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import secrets
 import statistics
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 import bentoml
 import httpx
 
-from benchmarks.compare import RESULTS, bentoml_serve, free_port, write_results
+from benchmarks.compare import RESULTS, bentoml_serve, free_port, run_meta, write_results
 from benchmarks.loadgen import run_for, run_load
 from utils.api.decoding import encode_capture
 from utils.config import get_settings
@@ -180,18 +179,15 @@ def run(
                     flush=True,
                 )
     result = {
-        "meta": {
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "workers": workers,
-            "clients": clients,
-            "rounds": rounds,
-            "seconds": seconds,
-            "interval": interval,
-            "tags": tags,
-            "note": "one server; phases alternate; load generator on the same machine",
-        },
+        "meta": run_meta(
+            workers=workers,
+            clients=clients,
+            rounds=rounds,
+            seconds=seconds,
+            interval=interval,
+            tags=tags,
+            note="one server; phases alternate; load generator on the same machine",
+        ),
         "rows": rows,
         "reloads": reloads,
         "summary": summarise(rows, reloads),

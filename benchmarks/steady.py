@@ -18,11 +18,9 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from benchmarks.compare import (
     bentoml_serve,
     free_port,
     import_model_into,
+    run_meta,
     write_results,
 )
 from benchmarks.loadgen import run_load
@@ -174,15 +173,12 @@ def run(
                         flush=True,
                     )
     result = {
-        "meta": {
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "workers": workers,
-            "requests_per_measurement": requests,
-            "burst_seconds": burst_seconds,
-            "note": "servers up together, measured in turn; load generator on the same machine",
-        },
+        "meta": run_meta(
+            workers=workers,
+            requests_per_measurement=requests,
+            burst_seconds=burst_seconds,
+            note="servers up together, measured in turn; load generator on the same machine",
+        ),
         "policies": policies,
         "rows": rows,
         "summary": summarise(rows, policies),
