@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from demo.bootstrap import bootstrap
 from tests.support.model_factory import experiment, register_files, register_onnx_model, toy_model
 from tests.support.registry import make_settings
-from tests.support.serving import free_port
+from tests.support.serving import free_port, run_import_model
 from utils.config import PROJECT_ROOT
 from utils.dsp.feature_spec import FeatureSpec
 
@@ -134,19 +134,7 @@ class Run:
 
 def run_import(home: Path, *args: str, env: dict[str, str] | None = None) -> Run:
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "import_model.py", *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={
-            **os.environ,
-            "BENTOML_HOME": str(home),
-            "BENTOML_DO_NOT_TRACK": "True",
-            **(env or {}),
-        },
-    )
+    done = run_import_model(home, *args, env=env)
     return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
 

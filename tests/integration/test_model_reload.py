@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ import httpx
 import pytest
 
 from tests.support.scripts import run_script
-from tests.support.serving import Server, start_server
+from tests.support.serving import Server, run_import_model, start_server
 from utils.api.decoding import encode_capture
 from utils.config import PROJECT_ROOT
 from utils.dsp.feature_spec import FeatureSpec
@@ -57,20 +56,8 @@ def second_version(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def import_model(home: Path, registry: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "import_model.py", *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={
-            **os.environ,
-            "BENTOML_HOME": str(home),
-            "LOCAL_REGISTRY_DIR": str(registry),
-            "ADMIN_TOKEN": TOKEN,
-            "BENTOML_DO_NOT_TRACK": "1",
-        },
-    )
+    env = {"LOCAL_REGISTRY_DIR": str(registry), "ADMIN_TOKEN": TOKEN}
+    return run_import_model(home, *args, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -42,10 +42,12 @@ class Server:
         return int(self.process.returncode)
 
 
-def import_demo_model(bentoml_home: Path, registry_dir: Path) -> str:
-    """Run import_model.py against an embedded registry; returns the BentoML tag."""
-    done = subprocess.run(
-        [sys.executable, "import_model.py"],
+def run_import_model(
+    bentoml_home: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python import_model.py <args>` into `bentoml_home`, as a user runs it (`env` added)."""
+    return subprocess.run(
+        [sys.executable, "import_model.py", *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -53,10 +55,15 @@ def import_demo_model(bentoml_home: Path, registry_dir: Path) -> str:
         env={
             **os.environ,
             "BENTOML_HOME": str(bentoml_home),
-            "LOCAL_REGISTRY_DIR": str(registry_dir),
             "BENTOML_DO_NOT_TRACK": "1",
+            **(env or {}),
         },
     )
+
+
+def import_demo_model(bentoml_home: Path, registry_dir: Path) -> str:
+    """Run import_model.py against an embedded registry; returns the BentoML tag."""
+    done = run_import_model(bentoml_home, env={"LOCAL_REGISTRY_DIR": str(registry_dir)})
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
 
