@@ -124,9 +124,12 @@ def _dims(shape: list[object]) -> tuple[int | str, ...]:
     return tuple(d if isinstance(d, int) else str(d) for d in shape)
 
 
-def validate_model_folder(folder: Path, *, full_check: bool = True) -> ModelContract:
+def validate_model_folder(
+    folder: Path, *, full_check: bool = True, sha256: str | None = None
+) -> ModelContract:
     """Check a model folder against the contract (docs/api.md §8); raise `CorruptModelError`
-    or `ContractViolation`."""
+    or `ContractViolation`. `sha256`: the file's hash when the caller has just computed it
+    (a large model takes seconds to hash)."""
     model_path = folder / MODEL_FILENAME
     if not model_path.is_file():
         raise CorruptModelError(f"{MODEL_FILENAME} is missing from the model folder")
@@ -180,7 +183,7 @@ def validate_model_folder(folder: Path, *, full_check: bool = True) -> ModelCont
 
     width = _smoke_inference(session, spec, has_confidence)
     return ModelContract(
-        sha256=sha256_file(model_path),
+        sha256=sha256 or sha256_file(model_path),
         input_shape=shape,
         uncertainty_width=width,
         has_confidence=has_confidence,

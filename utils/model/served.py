@@ -18,7 +18,7 @@ from typing import Any
 
 from utils.config import Settings
 from utils.model.contract import ContractViolation, CorruptModelError, validate_model_folder
-from utils.model.runtime import ModelLoadError, ModelRuntime, verify_model_files
+from utils.model.runtime import ModelLoadError, ModelRuntime
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,11 @@ def load_served(
     stored: StoredModel, settings: Settings, workers: int, loaded_at: str
 ) -> ServedModel:
     """sha256, contract and warm-up, in that order (cheapest refusal first); raises
-    `ModelLoadError` naming the tag and the failed check."""
+    `ModelLoadError` naming the tag and the failed check. The file is hashed once: the runtime
+    verifies it against the import before it opens a session."""
     try:
-        verify_model_files(stored.path, stored.metadata)
-        validate_model_folder(stored.path, full_check=False)
         runtime = ModelRuntime.for_serving(stored.path, stored.metadata, settings, workers)
+        validate_model_folder(stored.path, full_check=False, sha256=runtime.sha256)
         runtime.warm_up()
     except (ModelLoadError, ContractViolation, CorruptModelError) as exc:
         raise ModelLoadError(f"{stored.tag}: {exc}") from exc
