@@ -25,6 +25,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import bentoml  # noqa: E402
 
 from utils.api import ellipse_conversion, errors  # noqa: E402
+from utils.api.body_limits import RouteBodyLimits  # noqa: E402
 from utils.api.iq_json import take_parsed  # noqa: E402
 from utils.api.model_info import describe  # noqa: E402
 from utils.api.model_reload import authorize, reload_response  # noqa: E402
@@ -46,7 +47,9 @@ from utils.api.schemas import (  # noqa: E402
     SampleSceneRequest,
 )
 from utils.asgi.api_page import APIPage  # noqa: E402
+from utils.asgi.body_deadline import BodyDeadline  # noqa: E402
 from utils.asgi.body_size_limit import BodySizeLimit  # noqa: E402
+from utils.asgi.error_shape import ErrorShape  # noqa: E402
 from utils.asgi.get_as_post import GetAsPost  # noqa: E402
 from utils.asgi.iq_fast_path import IQFastPath  # noqa: E402
 from utils.asgi.json_only import JSONOnly  # noqa: E402
@@ -69,6 +72,10 @@ START = check_model_store(MODEL_TAG)
 # the workers' shared record of the model to serve: created here by the serve process
 CONTROL, _ = ModelControl.for_serve_process()
 CONTROL.initialize(START.tag, model_store.latest_tag(START.name))
+# body budget per route; /predict's follows the served model's receiver count (`_load`)
+BODY_LIMITS = RouteBodyLimits(
+    settings.max_request_bytes, settings.max_samples_per_capture, settings.max_predict_bytes
+)
 
 
 @bentoml.service(
@@ -119,7 +126,9 @@ class Localization:
     @staticmethod
     def _load(stored: StoredModel) -> ServedModel:
         """sha256, contract, warm-up: the same checks at start and at every reload."""
-        return load_served(stored, settings, WORKERS, utc_now())
+        served = load_served(stored, settings, WORKERS, utc_now())
+        BODY_LIMITS.set_receivers(served.runtime.spec.n_channels)
+        return served
 
     def __is_ready__(self) -> bool:
         """Ready once the model is loaded and its warm-up inference succeeded."""
@@ -214,9 +223,12 @@ class Localization:
         return reload_response(outcome)
 
 
+# the first added is the outermost: every answer below passes through ErrorShape
+Localization.add_asgi_middleware(ErrorShape)
 Localization.add_asgi_middleware(
-    BodySizeLimit, max_bytes=settings.max_request_bytes, max_json_values=settings.max_json_values
+    BodySizeLimit, limits=BODY_LIMITS, max_json_values=settings.max_json_values
 )
+Localization.add_asgi_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)
 Localization.add_asgi_middleware(GetAsPost, paths=("/model/info", "/sample_scene"))
 Localization.add_asgi_middleware(
     JSONOnly,

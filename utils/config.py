@@ -126,7 +126,23 @@ class Settings(BaseSettings):
     # --- request limits -------------------------------------------------------------------
     max_samples_per_capture: int = Field(default=65_536, gt=0)
     max_batch_items: int = Field(default=100, gt=0)
-    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="Largest body on any route (a /predict_batch); 413 beyond, unread.",
+    )
+    max_predict_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Largest /predict body. 0: what the largest valid capture needs, "
+        "MAX_SAMPLES_PER_CAPTURE x receivers as compact JSON (docs/api.md §1.4).",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request body must arrive within this many seconds of its headers; "
+        "408 and the connection closed otherwise.",
+    )
     max_json_values: int = Field(
         default=1_048_576,
         gt=0,

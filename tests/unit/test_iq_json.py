@@ -166,6 +166,13 @@ def test_middleware_refuses_a_bad_value_with_the_api_error_shape() -> None:
     assert response.json() == {
         "error": "iq_data[1][0][1]: IQ values must be numbers, got strings",
         "field": "iq_data[1][0][1]",
+        "detail": [
+            {
+                "type": "invalid_input",
+                "loc": ["iq_data", 1, 0, 1],
+                "msg": "IQ values must be numbers, got strings",
+            }
+        ],
     }
 
 

@@ -18,10 +18,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from utils.api.errors import ERROR_TYPES
 from utils.asgi.body_size_limit import BodySizeLimit
 from utils.asgi.get_as_post import GetAsPost
 from utils.asgi.json_only import JSONOnly
-from utils.asgi.openapi_fix import INFO, OpenAPIFix, nullable_fields
+from utils.asgi.openapi_fix import ERROR_SCHEMA, INFO, OpenAPIFix, nullable_fields
 
 # --------------------------------------------------------------------------- helpers
 
@@ -126,8 +127,13 @@ def streamed(chunks: list[bytes], pulled: list[int]) -> AsyncIterator[bytes]:
     return gen()
 
 
-def error(message: str) -> dict[str, Any]:
-    return {"error": message, "field": None}
+def error(message: str, status: int) -> dict[str, Any]:
+    """The one error shape (docs/api.md §1.3) of an error with no single field at fault."""
+    return {
+        "error": message,
+        "field": None,
+        "detail": [{"type": ERROR_TYPES[status], "loc": [], "msg": message}],
+    }
 
 
 def header_values(response: httpx.Response, name: str) -> list[str]:
@@ -140,14 +146,21 @@ MAX_BYTES = 64
 MAX_VALUES = 10
 
 
-def too_large_bytes() -> dict[str, Any]:
-    return error(f"request body too large: the limit is {MAX_BYTES} bytes (MAX_REQUEST_BYTES)")
+def limits(path: str) -> tuple[int, str]:
+    return MAX_BYTES, "MAX_REQUEST_BYTES"
+
+
+def too_large_bytes(path: str = "/predict") -> dict[str, Any]:
+    return error(
+        f"request body too large: {path} takes at most {MAX_BYTES} bytes (MAX_REQUEST_BYTES)", 413
+    )
 
 
 def too_many_values() -> dict[str, Any]:
     return error(
         f"request body too large: more than {MAX_VALUES} JSON values "
-        "(MAX_JSON_VALUES); send samples as iq_b64"
+        "(MAX_JSON_VALUES); send samples as iq_b64",
+        413,
     )
 
 
@@ -171,7 +184,7 @@ def assert_413(response: httpx.Response, expected: dict[str, Any]) -> None:
 def test_body_size_limit_passes_bodies_within_both_limits_unchanged(body: bytes) -> None:
     inner = Echo()
     response = call(
-        BodySizeLimit(inner, MAX_BYTES, MAX_VALUES),
+        BodySizeLimit(inner, limits, MAX_VALUES),
         "POST",
         "/predict",
         content=body,
@@ -195,7 +208,7 @@ def test_body_size_limit_passes_streamed_body_within_limit() -> None:
     pulled: list[int] = []
     chunks = [b"a" * 20, b"b" * 20, b"c" * 24]  # 64 bytes: at the limit
     response = call(
-        BodySizeLimit(inner, MAX_BYTES, MAX_VALUES),
+        BodySizeLimit(inner, limits, MAX_VALUES),
         "POST",
         "/predict",
         content=streamed(chunks, pulled),
@@ -208,7 +221,7 @@ def test_body_size_limit_passes_streamed_body_within_limit() -> None:
 def test_body_size_limit_refuses_declared_length_without_calling_app() -> None:
     inner = Echo()
     response = call(
-        BodySizeLimit(inner, MAX_BYTES, MAX_VALUES),
+        BodySizeLimit(inner, limits, MAX_VALUES),
         "POST",
         "/predict",
         content=b"x" * (MAX_BYTES + 1),
@@ -221,7 +234,7 @@ def test_body_size_limit_refuses_declared_length_before_reading_the_body() -> No
     inner = Echo()
     pulled: list[int] = []
     response = call(
-        BodySizeLimit(inner, MAX_BYTES, MAX_VALUES),
+        BodySizeLimit(inner, limits, MAX_VALUES),
         "POST",
         "/predict",
         content=streamed([b"x"], pulled),
@@ -237,7 +250,7 @@ def test_body_size_limit_refuses_chunked_body_crossing_limit_mid_stream() -> Non
     pulled: list[int] = []
     chunks = [b"x" * 20] * 6  # 20, 40, 60, 80 > 64: 4th
     response = call(
-        BodySizeLimit(inner, MAX_BYTES, MAX_VALUES),
+        BodySizeLimit(inner, limits, MAX_VALUES),
         "POST",
         "/predict",
         content=streamed(chunks, pulled),
@@ -255,7 +268,7 @@ def test_body_size_limit_refuses_chunked_body_crossing_limit_mid_stream() -> Non
 def test_body_size_limit_counts_body_when_content_length_is_malformed() -> None:
     inner = Echo()
     response = call(
-        BodySizeLimit(inner, MAX_BYTES, MAX_VALUES),
+        BodySizeLimit(inner, limits, MAX_VALUES),
         "POST",
         "/predict",
         content=b"x" * (MAX_BYTES + 1),
@@ -273,9 +286,7 @@ def test_body_size_limit_refuses_too_many_json_values(stream: bool) -> None:
     # streamed one byte at a time, so commas are counted across chunks
     content = streamed([body[i : i + 1] for i in range(len(body))], pulled) if stream else body
     inner = Echo()
-    response = call(
-        BodySizeLimit(inner, MAX_BYTES, MAX_VALUES), "POST", "/predict", content=content
-    )
+    response = call(BodySizeLimit(inner, limits, MAX_VALUES), "POST", "/predict", content=content)
     assert_413(response, too_many_values())
     assert len(inner.calls) == 1 and inner.calls[0].disconnected is True
     assert inner.calls[0].then == "http.disconnect"
@@ -287,7 +298,7 @@ def test_body_size_limit_refuses_too_many_json_values(stream: bool) -> None:
 def test_body_size_limit_without_value_budget_ignores_commas() -> None:
     inner = Echo()
     body = b"," * MAX_BYTES
-    response = call(BodySizeLimit(inner, MAX_BYTES), "POST", "/predict", content=body)
+    response = call(BodySizeLimit(inner, limits), "POST", "/predict", content=body)
     assert response.status_code == 200
     assert inner.calls[0].body == body
 
@@ -342,7 +353,7 @@ def test_json_only_refuses_other_media_types_with_415(content_type: str, reporte
         headers={"content-type": content_type},
     )
     assert response.status_code == 415
-    assert response.json() == error(f"Content-Type must be application/json, got {reported}")
+    assert response.json() == error(f"Content-Type must be application/json, got {reported}", 415)
     assert response.headers["content-type"] == "application/json"
     assert header_values(response, "content-length") == [str(len(response.content))]
     assert inner.calls == []
@@ -392,7 +403,7 @@ def test_json_only_refuses_duplicated_content_type_with_400(types: list[str], pa
     )
     assert response.status_code == 400
     assert response.json() == error(
-        "Content-Type: sent 2 times; send the header once (application/json)"
+        "Content-Type: sent 2 times; send the header once (application/json)", 400
     )
     assert response.headers["content-type"] == "application/json"
     assert inner.calls == []
@@ -409,7 +420,7 @@ def test_json_only_counts_every_duplicated_content_type() -> None:
     )
     assert response.status_code == 400
     assert response.json() == error(
-        "Content-Type: sent 3 times; send the header once (application/json)"
+        "Content-Type: sent 3 times; send the header once (application/json)", 400
     )
     assert inner.calls == []
 
@@ -575,21 +586,7 @@ SPEC_OUT: dict[str, Any] = {
                 "type": "object",
                 "properties": {"confidence": {"type": "number"}},
             },
-            "InvalidArgument": {
-                "title": "InvalidArgument",
-                "type": "object",
-                "properties": {
-                    "detail": {
-                        "title": "Error Detail",
-                        "description": "a message, or pydantic's list of field errors",
-                    },
-                    "field": {
-                        "type": "string",
-                        "nullable": True,
-                        "description": "the request field at fault",
-                    },
-                },
-            },
+            "InvalidArgument": {**ERROR_SCHEMA, "description": ""},
         }
     },
 }
@@ -721,7 +718,7 @@ def test_nullable_fields_reads_optional_annotations() -> None:
 # --------------------------------------------------------------------------- all of them
 
 MIDDLEWARES: dict[str, Callable[[ASGIApp], ASGIApp]] = {
-    "BodySizeLimit": lambda app: BodySizeLimit(app, MAX_BYTES, MAX_VALUES),
+    "BodySizeLimit": lambda app: BodySizeLimit(app, limits, MAX_VALUES),
     "JSONOnly": lambda app: JSONOnly(app, paths=JSON_PATHS),
     "GetAsPost": lambda app: GetAsPost(app, paths=("/model/info",)),
     "OpenAPIFix": lambda app: OpenAPIFix(app, nullable=NULLABLE),

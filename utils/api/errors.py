@@ -1,15 +1,20 @@
 """Errors that know their request field, and the one place that turns errors into responses.
 
-Every client-facing error body is `{"error": "<field>: <problem>", "field": "<field>"|null}`
-(docs/api.md §1). Not `bentoml.exceptions.InvalidArgument`: BentoML 1.4.40 renders its own
-exceptions as `{"error": message}` with no field, so a client could not point at the input.
+Every client-facing error body has one shape (docs/api.md §1.3):
+`{"error": "<field>: <problem>", "field": "<field>"|null, "detail": [{"type", "loc", "msg"}]}`.
+`error` is for people, `field` points at the input, `detail` is for programs and lists every
+problem (pydantic's validation errors arrive with several). Not
+`bentoml.exceptions.InvalidArgument`: BentoML 1.4.40 renders its own exceptions as
+`{"error": message}` with no field, and its validation errors name an internal class
+(`PredictRequestIODescriptor`); `utils/asgi/error_shape.py` reshapes those on the way out.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
 
@@ -53,10 +58,83 @@ class BrokenModel(Exception):
         super().__init__(f"{field}: {error}")
 
 
+# `detail[].type` of the errors this service raises itself, by status (pydantic's keep theirs)
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_input",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "body_timeout",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "model_refused",
+    500: "server_error",
+    503: "overloaded",
+    504: "timeout",
+}
+# a problem with no single field (an empty `loc`) is the request body's as a whole
+WHOLE_BODY = "request body"
+_LOC_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def loc_to_field(loc: list[str | int] | tuple[str | int, ...]) -> str | None:
+    """`["iq_b64_samples", 2]` -> `iq_b64_samples[2]`: the spelling the service's own errors use."""
+    field = ""
+    for part in loc:
+        if isinstance(part, int):
+            field += f"[{part}]"
+        else:
+            field += f".{part}" if field else str(part)
+    return field or None
+
+
+def field_to_loc(field: str) -> list[str | int]:
+    """`iq_data[1][0]` -> `["iq_data", 1, 0]`: pydantic's `loc` for the service's own errors."""
+    loc: list[str | int] = []
+    for name, index in _LOC_PART.findall(field):
+        loc.append(int(index) if index else name)
+    return loc or [field]
+
+
+def error_payload(
+    message: str, field: str | None, status: int, error_type: str | None = None
+) -> dict[str, Any]:
+    """The one error shape, for an error with one problem. `message` starts with `field: `."""
+    problem = message[len(field) + 2 :] if field and message.startswith(f"{field}: ") else message
+    detail = {
+        "type": error_type or ERROR_TYPES.get(status, "error"),
+        "loc": field_to_loc(field) if field else [],
+        "msg": problem,
+    }
+    return {"error": message, "field": field, "detail": [detail]}
+
+
+def validation_payload(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """pydantic's error list (as BentoML sends it) in the one shape: `error` and `field` from
+    the first problem, every problem in `detail` with only `type`, `loc` and `msg` (no input
+    echoed back, no documentation links, no class names)."""
+    detail = []
+    for item in items:
+        msg = str(item.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        loc = [p if isinstance(p, int) else str(p) for p in item.get("loc", ())]
+        detail.append({"type": str(item.get("type", "invalid_input")), "loc": loc, "msg": msg})
+    if not detail:
+        return error_payload(f"{WHOLE_BODY}: invalid", None, 400)
+    field = loc_to_field(detail[0]["loc"])
+    message = f"{field or WHOLE_BODY}: {detail[0]['msg']}"
+    if len(detail) > 1:
+        message += (
+            f" (and {len(detail) - 1} more problem{'s' if len(detail) > 2 else ''} in detail)"
+        )
+    return {"error": message, "field": field, "detail": detail}
+
+
 def error_body(
     message: str, field: str | None, status: int, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+    return JSONResponse(error_payload(message, field, status), status_code=status, headers=headers)
 
 
 def to_response(exc: Exception, model_tag: str) -> JSONResponse:

@@ -1,6 +1,7 @@
 """ASGI middleware refusing oversized request bodies with 413, before anything parses them.
 
-Two budgets. Bytes: a declared `Content-Length` over the limit is refused without reading a
+Two budgets. Bytes, per route (`utils/api/body_limits.py`: a `/predict` needs far less than a
+`/predict_batch`): a declared `Content-Length` over the limit is refused without reading a
 byte; a chunked body is counted as it streams and refused as soon as it crosses the limit.
 JSON values: parsed JSON costs the worker ~100 bytes of Python objects per number (a float and
 its share of an `[I, Q]` list), 10-20x its text, so the separators are counted as the body
@@ -9,47 +10,42 @@ streams in and a body with more values than `max_json_values` is refused before 
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from utils.asgi.error_shape import send_error
+
+# path -> (limit in bytes, where the limit comes from), e.g. `RouteBodyLimits`
+Limits = Callable[[str], tuple[int, str]]
+
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, max_json_values: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, limits: Limits, max_json_values: int | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = limits
         self.max_json_values = max_json_values
 
-    async def _reject(self, send: Send, reason: str | None = None) -> None:
-        message = reason or (
-            f"request body too large: the limit is {self.max_bytes} bytes (MAX_REQUEST_BYTES)"
-        )
-        body = json.dumps({"error": message, "field": None}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    @staticmethod
+    async def _reject(send: Send, message: str) -> None:
+        # the rest of the body is never read: the connection cannot be reused
+        await send_error(send, 413, message, headers=[(b"connection", b"close")])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        max_bytes, why = self.limits(path)
+        too_large = f"request body too large: {path} takes at most {max_bytes} bytes ({why})"
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = -1
-                if declared > self.max_bytes:
-                    await self._reject(send)
+                if declared > max_bytes:
+                    await self._reject(send, too_large)
                     return
         received = 0
         separators = 0
@@ -72,11 +68,11 @@ class BodySizeLimit:
                             f"request body too large: more than {self.max_json_values} "
                             "JSON values (MAX_JSON_VALUES); send samples as iq_b64"
                         )
-                if received > self.max_bytes or reason:
+                if received > max_bytes or reason:
                     # answer now; to the app the client has gone away, and whatever it
                     # answers to that is dropped below
                     if not started:
-                        await self._reject(send, reason)
+                        await self._reject(send, reason or too_large)
                     refused = True
                     return {"type": "http.disconnect"}
             return message

@@ -12,24 +12,9 @@ ambiguity is the only reading that cannot disagree with the framework's.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-
-async def _refuse(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": message, "field": None}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+from utils.asgi.error_shape import send_error
 
 
 class JSONOnly:
@@ -41,7 +26,7 @@ class JSONOnly:
         if scope["type"] == "http" and scope.get("method") == "POST":
             types = [value for name, value in scope.get("headers", []) if name == b"content-type"]
             if len(types) > 1:
-                await _refuse(
+                await send_error(
                     send,
                     400,
                     f"Content-Type: sent {len(types)} times; send the "
@@ -50,7 +35,7 @@ class JSONOnly:
                 return
             content_type = types[0].split(b";")[0].strip().lower() if types else b""
             if scope.get("path") in self.paths and content_type not in (b"application/json", b""):
-                await _refuse(
+                await send_error(
                     send,
                     415,
                     "Content-Type must be application/json, got "

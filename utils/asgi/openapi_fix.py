@@ -4,11 +4,13 @@ BentoML 1.4 publishes OpenAPI 3.0.2 but passes pydantic's JSON Schema 2020-12 th
 `exclusiveMinimum`/`exclusiveMaximum` (3.0 wants booleans beside `minimum`/`maximum`),
 `{"type": "null"}` members (3.0 says `nullable: true`), optional response fields flattened to
 a non-null type although the API returns `null` (`confidence`, `session_id`, ...), and a 400
-schema whose `detail` is a string while BentoML's validation errors send a list. Code
+schema that does not describe the error bodies. Code
 generators and contract testers (schemathesis) reject or misread such a document, so this ASGI
 middleware rewrites the JSON on its way out; nothing else is touched. It also replaces BentoML's
 `info` (a README whose badges load images from shields.io and readthedocs in every visitor's
 browser, and BentoML's own contact) with this service's: the API page calls no third party.
+And BentoML's error schemas (a string `detail` for 404 and 500) become the one error shape
+every error response has (`utils/asgi/error_shape.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,39 @@ INFO: dict[str, Any] = {
     "description": "IQ captures from several receivers in; the transmitter's position, its "
     "uncertainty ellipse and a fix / no-fix verdict out. The contract (fields, errors, units, "
     "ellipse conventions) is `docs/api.md` in the project; the map page is [/map/](/map/).",
+}
+
+# the one error shape (docs/api.md §1.3, `utils/api/errors.py`)
+ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError")
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Error",
+    "required": ["error", "field", "detail"],
+    "properties": {
+        "error": {"type": "string", "description": "<field>: <what is wrong>, for people"},
+        "field": {
+            "type": "string",
+            "nullable": True,
+            "description": "the request field at fault, e.g. iq_b64_samples[2]; null when "
+            "no single field is",
+        },
+        "detail": {
+            "type": "array",
+            "description": "every problem found, for programs",
+            "items": {
+                "type": "object",
+                "required": ["type", "loc", "msg"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "loc": {
+                        "type": "array",
+                        "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                    },
+                    "msg": {"type": "string"},
+                },
+            },
+        },
+    },
 }
 
 
@@ -83,18 +118,10 @@ def fix_spec(spec: dict[str, Any], nullable: dict[str, set[str]]) -> dict[str, A
     fixed = _fix_node(spec, nullable)
     info = fixed.get("info")
     fixed["info"] = {"version": str(info.get("version")) if isinstance(info, dict) else "", **INFO}
-    error = fixed.get("components", {}).get("schemas", {}).get("InvalidArgument")
-    if isinstance(error, dict):
-        props = error.setdefault("properties", {})
-        props["detail"] = {
-            "title": "Error Detail",
-            "description": "a message, or pydantic's list of field errors",
-        }
-        props["field"] = {
-            "type": "string",
-            "nullable": True,
-            "description": "the request field at fault",
-        }
+    schemas = fixed.get("components", {}).get("schemas", {})
+    for name in ERROR_SCHEMAS:  # BentoML's per-status error schemas: all the one shape
+        if isinstance(schemas.get(name), dict):
+            schemas[name] = {**ERROR_SCHEMA, "description": schemas[name].get("description", "")}
     return fixed
 
 

@@ -1,0 +1,72 @@
+"""ASGI middleware bounding how long a client may take to send its request body (408).
+
+A connection that trickles its body a byte at a time costs the server nothing per byte but
+holds a socket, a task and a buffer for as long as it likes: 200 of them stayed open
+indefinitely. The server (uvicorn) bounds idle keep-alive connections but not a body in
+progress, and BentoML's `traffic.timeout` only starts to matter once the body has arrived.
+So the whole body must arrive within `BODY_TIMEOUT_S` of the request's headers; otherwise the
+client gets 408 and the connection is closed. To the app the client has gone away, and
+whatever it answers to that is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from utils.asgi.error_shape import send_error
+
+# a body that arrived in time but is read late (a busy event loop) still gets this long
+_GRACE_S = 0.05
+
+
+class BodyDeadline:
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        complete = False
+        expired = False
+        started = False
+
+        async def timed_receive() -> Message:
+            nonlocal complete, expired
+            if complete:  # after the body, receive() waits for a disconnect: no deadline
+                return await receive()
+            if expired:
+                return {"type": "http.disconnect"}
+            try:
+                message = await asyncio.wait_for(
+                    receive(), timeout=max(deadline - loop.time(), _GRACE_S)
+                )
+            except TimeoutError:
+                expired = True
+                if not started:
+                    await send_error(
+                        send,
+                        408,
+                        f"request body: not received within {self.timeout_s:g} s "
+                        "(BODY_TIMEOUT_S); the connection is closed",
+                        headers=[(b"connection", b"close")],
+                    )
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if expired:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, timed_receive, guarded_send)
