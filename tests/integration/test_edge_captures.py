@@ -231,9 +231,11 @@ def test_a_doubled_content_type_is_refused_either_way(
         headers=[("content-type", order[0]), ("content-type", order[1])],
     )
     assert response.status_code == 400, response.text
+    message = "Content-Type: sent 2 times; send the header once (application/json)"
     assert response.json() == {
-        "error": "Content-Type: sent 2 times; send the header once (application/json)",
+        "error": message,
         "field": None,
+        "detail": [{"type": "invalid_input", "loc": [], "msg": message}],
     }
 
 

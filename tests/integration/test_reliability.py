@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,7 @@ from hypothesis.extra.numpy import arrays
 
 from tests.support.scripts import run_script
 from tests.support.serving import Server, free_port, start_server
+from utils.api.body_limits import SMALL_BODY_BYTES, predict_body_bytes
 from utils.api.decoding import encode_capture
 from utils.config import PROJECT_ROOT
 from utils.dsp.feature_spec import FeatureSpec, Receiver
@@ -34,8 +36,11 @@ from utils.dsp.preprocessing import InvalidCaptureError, preprocess
 from utils.dsp.synthetic import generate_scenes
 from utils.geo.ellipse import UncertaintyInputError, covariance_ellipse
 
-LIMIT = 8_000_000
+SAMPLES = 25_000  # MAX_SAMPLES_PER_CAPTURE: the demo's captures have 8448
+RECEIVERS = FeatureSpec().n_channels
+LIMIT = predict_body_bytes(SAMPLES, RECEIVERS)  # /predict's budget: about 8 MB
 JSON_VALUES = 400_000
+BODY_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +50,9 @@ def server(home: Path) -> Iterator[Server]:
         home / "reliability.log",
         env={
             "SERVICE_WORKERS": "1",
-            "MAX_REQUEST_BYTES": str(LIMIT),
+            "MAX_SAMPLES_PER_CAPTURE": str(SAMPLES),
             "MAX_JSON_VALUES": str(JSON_VALUES),
+            "BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
         },
     )
     yield srv
@@ -217,9 +223,15 @@ def test_oversized_input_is_refused_early_without_memory_growth(
         assert status == b"HTTP/1.1 413 Request Entity Too Large", (status, answer)
         assert answer_headers[b"content-type"] == b"application/json"
         assert answer_headers[b"connection"] == b"close"
+        message = (
+            f"request body too large: /predict takes at most {LIMIT} bytes ({SAMPLES} samples "
+            f"(MAX_SAMPLES_PER_CAPTURE) x {RECEIVERS} receivers as compact JSON; iq_b64 needs "
+            "a fifth of that)"
+        )
         assert json.loads(answer) == {
-            "error": f"request body too large: the limit is {LIMIT} bytes (MAX_REQUEST_BYTES)",
+            "error": message,
             "field": None,
+            "detail": [{"type": "too_large", "loc": [], "msg": message}],
         }
         # refused once the limit streamed in (a partly sent chunk is not counted), long
         # before the client finished, and the connection closed by the server (a reset: it
@@ -231,7 +243,7 @@ def test_oversized_input_is_refused_early_without_memory_growth(
         r = httpx.post(url, content=deep, headers=headers, timeout=60)
         assert r.status_code == 400
         r = httpx.post(url, json={"iq_b64": "A" * 7_000_000}, timeout=60)
-        assert r.status_code == 400 and "at most 65536" in r.text
+        assert r.status_code == 400 and f"at most {SAMPLES}" in r.text
         r = httpx.post(url, json={"session_id": "x" * 7_000_000, "iq_b64": "AAAA"}, timeout=60)
         assert r.status_code == 400 and "session_id" in r.text
         huge = b'{"iq_data": [' + b",".join([b"[0,0]"] * 1_300_000) + b"]}"
@@ -255,6 +267,132 @@ def test_oversized_input_is_refused_early_without_memory_growth(
     assert after - before < 100
     capture = generate_scenes(1, seed=3, spec=FeatureSpec()).iq[0]
     assert httpx.post(url, json={"iq_b64": b64(capture)}, timeout=30).status_code == 200
+
+
+def test_each_route_refuses_what_no_valid_request_needs(server: Server, report: list[str]) -> None:
+    """/predict's budget follows MAX_SAMPLES_PER_CAPTURE and the model's receivers, /ellipse's is
+    a few fields, /predict_batch keeps MAX_REQUEST_BYTES; 16 concurrent oversized bodies of
+    each kind cost the worker next to nothing."""
+    headers = {"content-type": "application/json"}
+    oversized = b'{"iq_b64": "' + b"A" * (LIMIT + 1000) + b'"}'
+    before = worker_rss_mb(server)
+    with ThreadPoolExecutor(16) as pool:  # declared lengths: refused from their headers
+        declared = list(
+            pool.map(
+                lambda _: httpx.post(
+                    f"{server.url}/predict", content=oversized, headers=headers, timeout=60
+                ),
+                range(16),
+            )
+        )
+        streamed = list(pool.map(lambda _: _chunked_post(server.url, 30_000_000), range(16)))
+    peak_after = worker_rss_mb(server)
+    assert {r.status_code for r in declared} == {413}
+    assert all(f"/predict takes at most {LIMIT} bytes" in r.json()["error"] for r in declared)
+    assert {status for status, *_ in streamed} == {b"HTTP/1.1 413 Request Entity Too Large"}
+    report.append(
+        f"16 + 16 oversized /predict bodies (limit {LIMIT / 1e6:.1f} MB): worker RSS "
+        f"{before:.0f} MB before, {peak_after:.0f} MB after"
+    )
+    assert peak_after - before < 100
+    # the same body is within /predict_batch's budget: read, and refused for what it is
+    batch = httpx.post(
+        f"{server.url}/predict_batch",
+        content=b'{"iq_b64_samples": ["' + b"A" * (LIMIT + 1000) + b'"]}',
+        headers=headers,
+        timeout=60,
+    )
+    assert batch.status_code == 400 and batch.json()["field"] == "iq_b64_samples[0]"
+    ellipse = {"latitude": 0, "longitude": 0, "sigma_x": 1, "sigma_y": 1}
+    padded = json.dumps({**ellipse, "pad": " " * SMALL_BODY_BYTES}).encode()
+    r = httpx.post(f"{server.url}/ellipse", content=padded, headers=headers, timeout=30)
+    assert r.status_code == 413 and "/ellipse takes at most 65536 bytes" in r.json()["error"]
+    assert httpx.post(f"{server.url}/ellipse", json=ellipse, timeout=30).status_code == 200
+
+
+# --- slow clients ---------------------------------------------------------------------------
+
+
+def _slow_post(
+    base_url: str, body: bytes, pieces: int, interval: float, stall: bool = False
+) -> tuple[bytes, float, str]:
+    """POST `body` to /predict in `pieces` parts `interval` s apart over a raw socket (with
+    `stall`, only the first part, then nothing). Returns (the raw answer, seconds from the
+    headers to the answer, how the connection ended: "eof" or "reset")."""
+    host, port = base_url.removeprefix("http://").split(":")
+    step = max(1, len(body) // pieces)
+    parts = [body[i : i + step] for i in range(0, len(body), step)]
+    if stall:
+        parts = parts[:1]
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        started = time.monotonic()
+        answer = b""
+        try:
+            for part in parts:
+                if select.select([sock], [], [], interval)[0]:
+                    break  # the server has answered (or closed)
+                sock.sendall(part)
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return answer, time.monotonic() - started, "eof"
+                answer += data
+                if b"\r\n\r\n" in answer and not stall and answer.startswith(b"HTTP/1.1 200"):
+                    head, rest = answer.split(b"\r\n\r\n", 1)
+                    length = int(re.search(rb"content-length: (\d+)", head, re.I)[1])
+                    if len(rest) >= length:
+                        return answer, time.monotonic() - started, "open"
+        except (ConnectionResetError, BrokenPipeError):
+            return answer, time.monotonic() - started, "reset"
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closed(
+    server: Server, report: list[str]
+) -> None:
+    capture = generate_scenes(1, seed=4, spec=FeatureSpec()).iq[0]
+    body = json.dumps({"iq_b64": b64(capture), "cache_enabled": False}).encode()
+    # a client that sends part of its body and stops
+    answer, took, ended = _slow_post(server.url, body, pieces=10, interval=0.0, stall=True)
+    head, payload = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"connection: close" in head.lower()
+    error = json.loads(payload)
+    assert error["field"] is None and "BODY_TIMEOUT_S" in error["error"]
+    assert error["detail"][0]["type"] == "body_timeout"
+    assert ended == "eof"  # closed by the server once it answered
+    assert took >= BODY_TIMEOUT_S - 0.1  # not before the deadline
+    # a slow body that completes within the deadline is served
+    answer, _, _ = _slow_post(server.url, body, pieces=5, interval=0.3)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    # 100 clients trickling their bodies a byte at a time: every one is cut at the deadline
+    # while ordinary requests are answered meanwhile
+    trickle = b'{"iq_b64": "' + b"A" * 1000 + b'"}'
+    with ThreadPoolExecutor(100) as pool:
+        slow = [pool.submit(_slow_post, server.url, trickle, len(trickle), 0.2) for _ in range(100)]
+        time.sleep(0.5)
+        served = [
+            httpx.post(
+                f"{server.url}/predict",
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=30,
+            ).status_code
+            for _ in range(5)
+        ]
+        ends = [future.result() for future in slow]
+    assert served == [200] * 5
+    assert all(ended in ("eof", "reset") for _, _, ended in ends)
+    answered = sum(answer.startswith(b"HTTP/1.1 408") for answer, _, _ in ends)
+    longest = max(took for _, took, _ in ends)
+    report.append(
+        f"body deadline {BODY_TIMEOUT_S:g} s: 100 trickling clients cut after at most "
+        f"{longest:.1f} s ({answered} read their 408 before the close)"
+    )
+    assert longest < 60  # cut, not left open (a trickle of 1 kB would take 200 s)
 
 
 # --- faults at start ------------------------------------------------------------------------

@@ -381,6 +381,13 @@ def test_model_reload_is_disabled_without_an_admin_token(server: Server) -> None
         assert r.json() == {
             "error": "authorization: model reload is disabled: no ADMIN_TOKEN is configured",
             "field": "authorization",
+            "detail": [
+                {
+                    "type": "forbidden",
+                    "loc": ["authorization"],
+                    "msg": "model reload is disabled: no ADMIN_TOKEN is configured",
+                }
+            ],
         }
     after = httpx.get(f"{server.url}/model/info", timeout=10).json()
     assert after["workers"] == before["workers"]
@@ -593,13 +600,73 @@ def _bad_cases(spec: FeatureSpec) -> list[tuple[str, str, object, int, str]]:
     ]
 
 
+# the field each bad case names (docs/api.md §1.3); None: the body as a whole, or no field
+BAD_FIELDS: dict[str, str | None] = {
+    "both encodings": None,
+    "no encoding": None,
+    "four levels": "iq_data",
+    "triplets": "iq_data[0][0]",
+    "three receivers": "iq_data",
+    "too short": "iq_b64",
+    "too long": "iq_b64",
+    "NaN": "iq_b64",
+    "bad base64": "iq_b64",
+    "odd bytes": "iq_b64",
+    "no split": "iq_b64",
+    "strings": "iq_data[0][0][0]",
+    "booleans": "iq_data[0][0][0]",
+    "ragged": "iq_data[1]",
+    "confidence 1.5": "confidence_level",
+    "unknown field": "foo",
+    "not JSON": None,
+    "bad batch item": "iq_b64_samples[2]",
+    "bad batch pairs": "iq_samples[1]",
+    "too many items": "iq_b64_samples",
+    "empty batch": "iq_b64_samples",
+    "ellipse sigma": "sigma_x",
+    "ellipse rho": "rho",
+    "ellipse latitude": "latitude",
+    "ellipse points": "num_points",
+    "body too large": None,
+}
+
+
+def shape_problems(response: httpx.Response, field: str | None) -> list[str]:
+    """How an error response departs from the one error shape (docs/api.md §1.3)."""
+    body = response.json()
+    problems = []
+    if set(body) != {"error", "field", "detail"}:
+        problems.append(f"keys {sorted(body)}")
+    if body.get("field") != field:
+        problems.append(f"field {body.get('field')!r}, expected {field!r}")
+    if field is not None and not body.get("error", "").startswith(f"{field}: "):
+        problems.append("error does not start with the field")
+    detail = body.get("detail")
+    if not detail or any(set(d) != {"type", "loc", "msg"} for d in detail):
+        problems.append(f"detail {detail!r}")
+    elif field is not None and not detail[0]["loc"]:
+        problems.append("detail[0].loc is empty")
+    if "IODescriptor" in response.text or "validation error for" in response.text:
+        problems.append("names an internal class")
+    return problems
+
+
 def test_bad_input_matrix(server: Server, spec: FeatureSpec) -> None:
     failures = []
-    for name, path, body, status, message in _bad_cases(spec):
+    cases = _bad_cases(spec)
+    assert {case[0] for case in cases} == set(BAD_FIELDS)
+    for name, path, body, status, message in cases:
         r = post(server, path, body)
-        if r.status_code != status or message not in r.text:
-            failures.append(f"{name}: {r.status_code} {r.text[:200]}")
+        problems = shape_problems(r, BAD_FIELDS[name])
+        if r.status_code != status or message not in r.text or problems:
+            failures.append(f"{name}: {r.status_code} {problems} {r.text[:200]}")
     assert not failures, "\n".join(failures)
+    # the framework's own 404 and 405 in the same shape
+    missing = httpx.post(f"{server.url}/nope", json={}, timeout=10)
+    assert missing.status_code == 404 and not shape_problems(missing, None)
+    wrong = httpx.get(f"{server.url}/predict", timeout=10)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert not shape_problems(wrong, None)
     # and the service is still healthy and correct afterwards
     assert post(server, "/predict", {"iq_b64": b64(_good(spec))}).status_code == 200
     # client mistakes are one INFO line each, not error tracebacks
