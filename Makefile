@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: benchmark-reload image lock serve test lint bootstrap import bento container-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
+.PHONY: benchmark-oversized benchmark-reload image lock serve test lint bootstrap import bento container-test replicas-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -71,6 +71,11 @@ image: bento
 container-test: install-train
 	deploy/container-test.sh
 
+# Two replicas of the image behind HAProxy with one shared Redis: cross-replica cache hits, one
+# replica killed under load (benchmarks/results/replicas.json). Root and apt, like container-test.
+replicas-test: install-train
+	deploy/replicas-test.sh
+
 # Load test against a running service: make load URL=http://localhost:3000 USERS=32 DURATION=60s
 URL      ?= http://localhost:3000
 USERS    ?= 32
@@ -95,6 +100,10 @@ benchmark: import install-test
 # --force, then make import).
 benchmark-reload: import install-test
 	$(PY) -m benchmarks.reload
+
+# 16 concurrent 60 MB /predict bodies against the old single body budget and the per-route one.
+benchmark-oversized: import install-test
+	$(PY) -m benchmarks.oversized
 
 # Soak: locust at moderate load for SOAK_SECONDS, errors and RSS over time.
 SOAK_SECONDS ?= 600
