@@ -90,11 +90,23 @@ load: install-test
 # server); then
 # burst-then-quiet for every batching policy (greedy, cork, proxy), then greedy against CORK
 # under sustained load, interleaved round by round.
+# MODEL=resnet18 (or resnet34): the same peer comparison, every dispatch policy, and "burst then
+# quiet", on a backbone-sized model with the seed's contract (benchmarks/big_model.py), built and
+# registered in a scratch registry; results in benchmarks/results/*-$(MODEL).md.
+MODEL ?= demo
 benchmark: import install-test
+ifeq ($(MODEL),demo)
 	$(PY) -m benchmarks.decode_bench
 	$(PY) -m benchmarks.compare
 	$(PY) -m benchmarks.burst
 	$(PY) -m benchmarks.steady
+else
+	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	uri=$$($(PY) -m benchmarks.big_model --registry "$$scratch" --arch $(MODEL) | tail -1) && \
+	$(PY) -m benchmarks.compare --tracking-uri "$$uri" --label $(MODEL) \
+	  --policies greedy,cork,proxy --encodings iq_b64 && \
+	$(PY) -m benchmarks.burst --tracking-uri "$$uri" --label $(MODEL)
+endif
 
 # What a reload costs under load; needs two imports in the store (python -m demo.bootstrap
 # --force, then make import).

@@ -228,7 +228,9 @@ def run(
     scenes: int,
     out: Path | None,
     registry_uri: str | None,
+    label: str = "",
 ) -> dict[str, Any]:
+    """`label`: a model other than the demo (`benchmarks/big_model.py`): `burst-<label>.*`."""
     work = Path(tempfile.mkdtemp(prefix="rfloc-burst-"))
     home = work / "bentoml"
     model_dir = import_model_into(home, registry_uri)
@@ -260,13 +262,14 @@ def run(
             workers=workers,
             burst_seconds=burst_seconds,
             requests=requests,
+            label=label or "demo",
             note="load generator on the same machine as the servers",
         ),
         "compute_ms": compute_ms,
         "rows": rows,
         "targets": targets(rows, compute_ms, floor, policies),
     }
-    write_results(out, "burst", result, markdown(result))
+    write_results(out, f"burst-{label}" if label else "burst", result, markdown(result))
     return result
 
 
@@ -280,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--scenes", type=int, default=16)
     parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--label", default="", help="a benchmark model's name (big_model.py)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     run(
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         args.scenes,
         args.out,
         args.tracking_uri,
+        args.label,
     )
     return 0
 
