@@ -1,106 +1,34 @@
 #!/usr/bin/env bash
 # Build the bento's image with podman and prove it serves: /readyz and a correct /predict from
-# inside the container. Not part of `make test`: it installs system packages (podman, runc,
+# inside the container, then once more as the Kubernetes pod runs it (read-only root, a tmpfs
+# /tmp, no capabilities, no privilege escalation). Not part of `make test`: it installs system packages (podman, runc,
 # debootstrap, uidmap) and builds a ~1 GB image. Run as root on a Debian host: `make container-test`.
 #
-# No registry is reachable for base images here, so the `python:3.11-slim` the bento's
-# Dockerfile starts FROM is built locally: debootstrap (minbase bookworm, the host's Debian
-# mirror) -> podman import -> Debian's python3.11/pip/venv, trusting the host's extra CAs.
+# The podman setup (tools, configuration, the locally built base image, the bento's image) is
+# deploy/podman-env.sh, shared with deploy/replicas-test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-WORK=${CONTAINER_WORK:-$ROOT/.container}
-PY=${PY:-$ROOT/.venv/bin/python}
-IMAGE=${IMAGE:-rf-localization:container-test}
 PORT=${PORT:-3300}
-mkdir -p "$WORK"
-log() { printf '\n== %s\n' "$*"; }
-
-log "tools"
-missing=()
-for tool in podman runc debootstrap newuidmap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-if ((${#missing[@]})); then
-  apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends \
-    podman runc debootstrap uidmap
-fi
-
-log "podman configuration (runc, cgroupfs, file events, ulimits within the host's)"
-hard_nofile=$(ulimit -Hn)
-cat > "$WORK/containers.conf" <<CONF
-[containers]
-default_ulimits = ["nofile=${hard_nofile}:${hard_nofile}", "nproc=32768:32768"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
-cat > "$WORK/storage.conf" <<CONF
-[storage]
-driver = "vfs"
-runroot = "$WORK/run"
-graphroot = "$WORK/storage"
-CONF
-export CONTAINERS_CONF="$WORK/containers.conf" CONTAINERS_STORAGE_CONF="$WORK/storage.conf"
-podman --version
-
-BASE=docker.io/library/python:3.11-slim
-if ! podman image exists "$BASE"; then
-  log "base image $BASE, built locally"
-  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-  mirror=${mirror:-$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)}
-  mirror=${mirror:-http://deb.debian.org/debian}
-  if [ ! -x "$WORK/rootfs/bin/sh" ]; then
-    rm -rf "$WORK/rootfs"
-    debootstrap --variant=minbase bookworm "$WORK/rootfs" "$mirror"
-  fi
-  # as slim as the official image: no downloaded .debs, apt lists, docs, man pages or locales
-  tar -C "$WORK/rootfs" --exclude='./var/cache/apt/archives/*.deb' \
-      --exclude='./var/lib/apt/lists/*' --exclude='./usr/share/doc/*' \
-      --exclude='./usr/share/man/*' --exclude='./usr/share/locale/*' -c . \
-    | podman import - localhost/debian-bookworm-minbase
-  mkdir -p "$WORK/base/ca"
-  cp /usr/local/share/ca-certificates/*.crt "$WORK/base/ca/" 2>/dev/null || true
-  cat > "$WORK/base/Containerfile" <<CONF
-FROM localhost/debian-bookworm-minbase
-COPY ca/ /usr/local/share/ca-certificates/
-RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3.11 python3-pip python3-venv ca-certificates \
- && update-ca-certificates \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/* \
- && ln -sf /usr/bin/python3.11 /usr/local/bin/python && ln -sf /usr/bin/python3.11 /usr/local/bin/python3
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-    UV_NATIVE_TLS=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-CONF
-  podman build --network host -t "$BASE" "$WORK/base"
-fi
-
-log "bento"
-export BENTOML_HOME="$WORK/bentoml" BENTOML_DO_NOT_TRACK=True
-"$PY" -m demo.bootstrap --only-embedded
-"$PY" import_model.py
-tag=$("$PY" -m bentoml build . -o tag | tail -1 | sed 's/^__tag__://')
-echo "bento: $tag"
-
-log "containerize"
-started=$(date +%s)
-# from $TMPDIR: BentoML 1.4.40 refuses a dockerfile_template outside the working directory,
-# and its build context is a temporary folder
-(cd "${TMPDIR:-/tmp}" && "$PY" -m bentoml containerize --backend podman "$tag" -t "$IMAGE" \
-  --opt network=host)
-build_s=$(( $(date +%s) - started ))
+# shellcheck source=deploy/podman-env.sh
+source deploy/podman-env.sh
+build_image
+build_s=$BUILD_SECONDS
 size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
 
 log "run"
 podman rm -f rf-localization-test >/dev/null 2>&1 || true
 podman run -d --name rf-localization-test --network host \
   -e BENTOML_PORT="$PORT" -e SERVICE_WORKERS=1 "$IMAGE" serve --port "$PORT" >/dev/null
-trap 'podman logs rf-localization-test > "$WORK/container.log" 2>&1 || true; podman rm -f rf-localization-test >/dev/null 2>&1 || true' EXIT
-for _ in $(seq 1 120); do
-  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
-  sleep 1
-done
-curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null
+cleanup() {
+  podman logs rf-localization-test > "$WORK/container.log" 2>&1 || true
+  podman logs rf-localization-ro > "$WORK/container-read-only.log" 2>&1 || true
+  # one name per `podman rm`: podman 4.3 removes nothing when one of several names is missing
+  podman rm -f rf-localization-test >/dev/null 2>&1 || true
+  podman rm -f rf-localization-ro >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+wait_ready "$PORT"
 log "image facts"
 base_size=$(podman image inspect "$BASE" --format '{{.Size}}')
 user=$(podman run --rm --entrypoint id "$IMAGE" -un)
@@ -145,4 +73,59 @@ result = {
 print(json.dumps(result))
 open("benchmarks/results/container.json", "w").write(json.dumps(result, indent=2) + "\n")
 PYCHECK
+
+# The pod security of deploy/k8s/deployment.yaml, with podman: read-only root filesystem, a
+# writable /tmp only, no capabilities, no privilege escalation. The image finds its bento at
+# $BENTO_PATH (/home/bentoml/bento) whatever BENTOML_HOME is; BENTOML_HOME (the image's default
+# /home/bentoml) is where BentoML creates its store folders and Prometheus files at start.
+log "read-only run"
+podman rm -f rf-localization-test >/dev/null 2>&1 || true
+podman rm -f rf-localization-ro >/dev/null 2>&1 || true
+if curl -s -o /dev/null "http://127.0.0.1:$PORT/readyz"; then echo "port $PORT still answers"; exit 1; fi
+read_only=(--read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges)
+# first without BENTOML_HOME, to record whether it is needed: exits at start, or serves
+podman run -d --name rf-localization-ro --network host "${read_only[@]}" \
+  -e BENTOML_PORT="$PORT" -e SERVICE_WORKERS=1 "$IMAGE" serve --port "$PORT" >/dev/null
+if exit_code=$(timeout 60 podman wait rf-localization-ro); then
+  default_home="exits with code $exit_code: $(podman logs rf-localization-ro 2>&1 | grep -m1 -E '^[A-Za-z]*Error' || true)"
+else
+  default_home="serves"
+fi
+echo "without BENTOML_HOME: $default_home"
+podman rm -f rf-localization-ro >/dev/null 2>&1 || true
+podman run -d --name rf-localization-ro --network host "${read_only[@]}" -e BENTOML_HOME=/tmp/bentoml \
+  -e BENTOML_PORT="$PORT" -e SERVICE_WORKERS=1 "$IMAGE" serve --port "$PORT" >/dev/null
+started=$(date +%s)  # after `podman run` returns: with vfs storage, creating a container copies the image
+wait_ready "$PORT"
+ready_s=$(( $(date +%s) - started ))
+writes=$(podman exec rf-localization-ro sh -c 'cd /tmp && ls -d *')
+"$PY" - "$PORT" "${read_only[*]}" "$default_home" "$ready_s" "$writes" <<'PYREADONLY'
+import base64, json, re, sys, urllib.request
+from utils.dsp.feature_spec import FeatureSpec
+from utils.dsp.synthetic import generate_scenes
+
+port, flags, default_home, ready_s, writes = sys.argv[1:]
+iq = generate_scenes(1, seed=4711, spec=FeatureSpec()).iq[0]
+body = {"iq_b64": base64.b64encode(iq.astype("<c8").tobytes()).decode()}
+req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=json.dumps(body).encode(),
+                             headers={"content-type": "application/json"})
+with urllib.request.urlopen(req, timeout=60) as response:
+    status, answer = response.status, json.loads(response.read())
+assert status == 200 and "position" in answer, (status, answer)
+path = "benchmarks/results/container.json"
+result = json.load(open(path))
+result["read_only_run"] = True
+result["read_only"] = {
+    "flags": flags,
+    "needs": {"env": {"BENTOML_HOME": "/tmp/bentoml"}, "writable": ["/tmp (tmpfs)"]},
+    "without_bentoml_home": default_home,
+    "ready_seconds_after_start": int(ready_s),
+    "predict_status": status,
+    "predict_quality": answer["quality"],
+    "tmp_contents": sorted(re.sub(r"-[a-z0-9_]{8}$", "-*", name) for name in writes.split()),
+}
+print(json.dumps(result["read_only"]))
+open(path, "w").write(json.dumps(result, indent=2) + "\n")
+PYREADONLY
+[ "$(podman inspect -f '{{.State.Running}}' rf-localization-ro)" = true ]
 log "container-test passed"
