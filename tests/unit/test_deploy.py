@@ -128,8 +128,8 @@ def test_deployment_files_set_only_what_differs_from_the_defaults() -> None:
 
 
 def test_pods_run_unprivileged_on_a_read_only_root() -> None:
-    """Checked by hand with podman: the image serves with `--read-only`, `--cap-drop ALL`,
-    `no-new-privileges`, a writable /tmp and BENTOML_HOME there."""
+    """What `make container-test` runs the image with (its read-only run): `--read-only`,
+    `--cap-drop ALL`, `no-new-privileges`, a writable /tmp and BENTOML_HOME there."""
     objects = _k8s()
     pod = objects[("Deployment", "rf-localization")]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
