@@ -121,7 +121,13 @@ class Localization:
         for warning in served.runtime.warnings:
             log.warning(warning)
         cache = self.pipeline.cache.backend
-        log.info("serving %s (%s), %s cache", served.tag, served.model_version, cache)
+        log.info(
+            "serving %s (%s), %s cache, %s",
+            served.tag,
+            served.model_version,
+            cache,
+            self.pipeline.batching_note(),
+        )
 
     @staticmethod
     def _load(stored: StoredModel) -> ServedModel:

@@ -19,17 +19,19 @@ import yaml
 
 from utils.api.decoding import decode_iq_b64, decode_iq_data
 from utils.api.responses import build_predictions
+from utils.config import get_settings
 from utils.model.runtime import ModelRuntime
 
 MAX_SAMPLES = 65_536
 
 
 def load_runtime(model_dir: Path) -> ModelRuntime:
+    """One thread per process, and the service's `ORT_PROVIDERS` (CPU unless set), so the
+    baselines and the in-process ceiling run where the service runs (a GPU when configured)."""
     meta_path = model_dir / "model.yaml"
     meta = yaml.safe_load(meta_path.read_text())["metadata"] if meta_path.exists() else {}
-    return ModelRuntime(
-        model_dir, meta, intra_threads=1, inter_threads=1, providers=["CPUExecutionProvider"]
-    )
+    providers = list(get_settings().ort_providers)
+    return ModelRuntime(model_dir, meta, intra_threads=1, inter_threads=1, providers=providers)
 
 
 def predict_rows(runtime: ModelRuntime, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -147,6 +147,38 @@ class PeakRSS:
         return round(self.peak / 2**20, 1)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a server's process tree so far (workers included)."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
+def batch_sizes(url: str) -> tuple[float, float] | None:
+    """(samples, batches) so far from this service's `rfloc_batch_size` histogram (summed over
+    workers), or None for a server without it."""
+    try:
+        text = httpx.get(url.rsplit("/", 1)[0] + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    total, count = 0.0, 0.0
+    for line in text.splitlines():
+        if line.startswith("rfloc_batch_size_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("rfloc_batch_size_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return (total, count) if count else None
+
+
 @contextmanager
 def server(
     args: list[str], ready_url: str, env: dict[str, str], log: Path, timeout: float = 240.0
@@ -207,9 +239,17 @@ def measure(
     rows = []
     for level in levels:
         total = max(minimum, level * per_client)
+        cpu_before, batches_before = tree_cpu_seconds(pid), batch_sizes(url)
         with PeakRSS(pid) as rss:
             result = run_load(url, payloads, level, total)
+        cpu = tree_cpu_seconds(pid) - cpu_before
         row = {"server": name, "encoding": encoding, **result.summary(), "peak_rss_mb": rss.peak_mb}
+        # where the time goes: server CPU per request, and (this service) the mean batch size
+        row["cpu_ms_per_request"] = round(1000.0 * cpu / max(1, result.requests), 2)
+        batches_after = batch_sizes(url)
+        if batches_before and batches_after and batches_after[1] > batches_before[1]:
+            served = batches_after[0] - batches_before[0]
+            row["mean_batch"] = round(served / (batches_after[1] - batches_before[1]), 2)
         print(
             f"  {name:<26} {encoding:<8} c={level:<3} {row['rps']:>7} req/s  "
             f"p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  errors {row['errors']}",
@@ -525,8 +565,8 @@ def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = [
         "| server | encoding | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | "
-        "peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "peak RSS MB | server CPU ms/request | mean batch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["server"] == "in-process ceiling":
@@ -534,18 +574,23 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['server']} | {r['encoding']} | {r['concurrency']} | {r['rps']} | "
             f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | "
-            f"{r['peak_rss_mb']} |"
+            f"{r['peak_rss_mb']} | {r.get('cpu_ms_per_request', '')} | {r.get('mean_batch', '')} |"
         )
     hit = result.get("cache_hit") or {}
     if hit:
         lines.append(
             f"| {hit['server']} | {hit['encoding']} | 1 | {hit['rps']} | "
-            f"{hit['p50_ms']} | {hit['p95_ms']} | {hit['p99_ms']} | {hit['errors']} | |"
+            f"{hit['p50_ms']} | {hit['p95_ms']} | {hit['p99_ms']} | {hit['errors']} | | | |"
         )
-    lines += ["", "| in-process ceiling (no HTTP) | batch | samples/s |", "|---|---:|---:|"]
+    workers = result["meta"]["workers"]
     lines += [
-        f"| decode + preprocess + onnxruntime, {result['meta']['workers']} processes | "
-        f"{r['batch']} | {r['samples_per_s']} |"
+        "",
+        "| in-process ceiling (no HTTP) | batch | samples/s | CPU ms/sample |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [  # each process is one busy thread: CPU per sample = processes / rate
+        f"| decode + preprocess + onnxruntime, {workers} processes | "
+        f"{r['batch']} | {r['samples_per_s']} | {1000.0 * workers / r['samples_per_s']:.2f} |"
         for r in rows
         if r["server"] == "in-process ceiling"
     ]

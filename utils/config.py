@@ -98,12 +98,12 @@ class Settings(BaseSettings):
         description="cork/proxy only: BentoML's dispatcher answers 503 when a queued request "
         "cannot meet it.",
     )
-    batch_queue_delay_ms: float = Field(
-        default=0.0,
-        ge=0.0,
+    batch_queue_delay_ms: Annotated[float, Field(ge=0.0)] | Literal["auto"] = Field(
+        default="auto",
         description="greedy only: how long an item arriving at an idle batcher waits for "
-        "company. 0 for a model whose per-sample cost does not fall with batch size "
-        "(this one, on CPU); a few ms can pay on a GPU.",
+        "company (ms). auto: measured per model at load: 0 when a sample costs about the "
+        "same alone as in a batch (the demo model), else half a single inference, at most "
+        "10 ms (utils/serving/queue_delay.py).",
     )
     batch_wait_budget_share: float = Field(
         default=0.5,

@@ -66,8 +66,37 @@ def test_compare_runs_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
         assert expected in servers
     served = [r for r in data["rows"] if r["server"] != "in-process ceiling"]
     assert all(r["errors"] == 0 and r["requests"] >= 4 and r["peak_rss_mb"] > 0 for r in served)
+    assert all(r["cpu_ms_per_request"] > 0 for r in served)
+    # this service's rows say how large its batches were (from its own /metrics)
+    ours = [r for r in served if r["server"] == "this service (BentoML)"]
+    assert all(1 <= r["mean_batch"] <= 8 for r in ours)
     assert data["cache_hit"]["p50_ms"] > 0 and data["targets"]
     assert "| target |" in (tmp_path / "compare.md").read_text()
+
+
+def test_compare_runs_on_the_backbone_sized_model(tmp_path: Path) -> None:
+    """`make benchmark MODEL=resnet18`'s path at tiny scale: the model built and registered in a
+    scratch registry, imported by import_model.py, served under two dispatch policies, its
+    results under its own name with the big-model targets."""
+    uri = run_script(
+        "benchmarks.big_model", "--registry", str(tmp_path / "registry")
+    ).stdout.splitlines()[-1]
+    assert uri.startswith("sqlite:///")
+    run_script(
+        "benchmarks.compare",
+        *("--tracking-uri", uri, "--label", "resnet18", "--policies", "greedy,cork"),
+        *("--encodings", "iq_b64", "--skip", "mlflow,fastapi", "--concurrency", "1,4"),
+        *("--per-client", "2", "--min-requests", "4", "--scenes", "2", "--workers", "1"),
+        *("--ceiling-seconds", "0.1", "--out", str(tmp_path)),
+    )
+    data = json.loads((tmp_path / "compare-resnet18.json").read_text())
+    assert data["meta"]["label"] == "resnet18" and data["meta"]["model"]
+    servers = {r["server"] for r in data["rows"]}
+    assert servers == {"in-process ceiling", "this service (BentoML)", "this service (cork)"}
+    assert all(r["errors"] == 0 for r in data["rows"] if "errors" in r)
+    targets = {t["target"].split(" (")[0] for t in data["targets"]}
+    assert "throughput / in-process batched ceiling" in targets
+    assert not (tmp_path / "compare.json").exists()  # the demo's results are not overwritten
 
 
 def test_locustfile_runs_headless(demo_registry, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -672,3 +673,20 @@ def test_bad_input_matrix(server: Server, spec: FeatureSpec) -> None:
     # client mistakes are one INFO line each, not error tracebacks
     log = server.log()
     assert "rejected input" in log and "Traceback" not in log
+
+
+def test_the_greedy_wait_is_decided_from_the_served_models_own_measurement(
+    server: Server,
+) -> None:
+    """BATCH_QUEUE_DELAY_MS=auto (the default): each worker measured the model at load and
+    logged the wait it chose by the rule of `utils/serving/queue_delay.py`."""
+    notes = re.findall(
+        r"queue delay ([\d.]+) ms \(auto: ([\d.]+) ms alone, ([\d.]+)x cheaper per sample "
+        r"at batch (\d+)\)",
+        server.log(),
+    )
+    assert len(notes) >= 2  # one per worker
+    for delay, single, gain, batch in notes:
+        assert int(batch) == 8
+        expected = 0.0 if float(gain) < 1.25 else min(float(single) / 2, 10.0)
+        assert float(delay) == pytest.approx(expected, abs=0.051)  # as logged, 1 decimal

@@ -16,7 +16,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 import numpy as np
@@ -37,7 +37,7 @@ from utils.config import Settings
 from utils.model.runtime import ModelRuntime, RawPredictions
 from utils.model.served import ServedModel
 from utils.serving import metrics
-from utils.serving.batching import Batcher, make_batcher
+from utils.serving.batching import Batcher, Greedy, make_batcher
 from utils.serving.cache import (
     PredictionCache,
     cache_key,
@@ -45,6 +45,7 @@ from utils.serving.cache import (
     encode_value,
     make_cache,
 )
+from utils.serving.queue_delay import queue_delay_s
 
 #: Batched inference over canonical captures on the given model, one raw result dict per
 #: capture, same order (the `str` is an `iq_b64` text the proxy may forward as sent).
@@ -129,6 +130,7 @@ class Pipeline:
         max_samples: int,
         max_batch_items: int,
         batcher: Batcher | None = None,
+        queue_delay_setting: float | Literal["auto"] = 0.0,
     ) -> None:
         self.served = served
         # models a request in flight may still pin (proxy dispatch); gone with their last user
@@ -141,12 +143,29 @@ class Pipeline:
         self.max_samples = max_samples
         self.max_batch_items = max_batch_items
         self.batcher = batcher
+        self.queue_delay_setting = queue_delay_setting
 
     def swap(self, new: ServedModel) -> ServedModel:
-        """Serve `new` from the next request on; requests in flight keep theirs."""
+        """Serve `new` from the next request on; requests in flight keep theirs. The greedy
+        batcher's `auto` wait follows the new model's batch profile."""
         previous, self.served = self.served, new
         self._live[new.key] = new.runtime
+        if isinstance(self.batcher, Greedy):
+            self.batcher.set_queue_delay(queue_delay_s(self.queue_delay_setting, new.batch_profile))
         return previous
+
+    def batching_note(self) -> str:
+        """For the start-up log: the greedy wait in force and the measurement behind it."""
+        if not isinstance(self.batcher, Greedy):
+            return "batching by BentoML's dispatcher"
+        note = f"queue delay {1000 * self.batcher.queue_delay_s:.1f} ms"
+        profile = self.served.batch_profile
+        if profile is not None:
+            note += (
+                f" (auto: {1000 * profile.single_s:.1f} ms alone, {profile.gain:.2f}x cheaper "
+                f"per sample at batch {profile.batch})"
+            )
+        return note
 
     def runtime_for(self, key: str | None) -> ModelRuntime | None:
         """The model a pinned `infer` item names (None: the serving one)."""
@@ -167,7 +186,7 @@ class Pipeline:
             max_batch_size=settings.batch_max_size,
             max_latency_ms=settings.batch_max_latency_ms,
             wait_budget_s=settings.batch_wait_budget_s,
-            queue_delay_s=settings.batch_queue_delay_ms / 1000.0,
+            queue_delay_s=queue_delay_s(settings.batch_queue_delay_ms, served.batch_profile),
             observer=metrics.observe_batch,
         )
         cache = make_cache(
@@ -185,6 +204,7 @@ class Pipeline:
             max_samples=settings.max_samples_per_capture,
             max_batch_items=settings.max_batch_items,
             batcher=batcher,
+            queue_delay_setting=settings.batch_queue_delay_ms,
         )
 
     async def start(self) -> None:

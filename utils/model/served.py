@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import Settings
+from utils.dsp.synthetic import generate_scenes
+from utils.model import batch_profile
+from utils.model.batch_profile import BatchProfile
 from utils.model.contract import ContractViolation, CorruptModelError, validate_model_folder
 from utils.model.runtime import ModelLoadError, ModelRuntime
 
@@ -41,6 +44,8 @@ class ServedModel:
     stored: StoredModel
     model_version: str  # `<registry version>+<sha256 prefix>`, in every prediction
     loaded_at: str
+    # what batching buys this model here (greedy's `auto` queue delay); None: not measured
+    batch_profile: BatchProfile | None = None
 
     @property
     def tag(self) -> str:
@@ -64,4 +69,9 @@ def load_served(
         runtime.warm_up()
     except (ModelLoadError, ContractViolation, CorruptModelError) as exc:
         raise ModelLoadError(f"{stored.tag}: {exc}") from exc
-    return ServedModel(runtime, stored, runtime.version_label(stored.version), loaded_at)
+    profile = None
+    if settings.batch_dispatch == "greedy" and settings.batch_queue_delay_ms == "auto":
+        scenes = list(generate_scenes(2, seed=2, spec=runtime.spec).iq)
+        profile = batch_profile.measure(runtime, scenes, min(8, settings.batch_max_size))
+    version = runtime.version_label(stored.version)
+    return ServedModel(runtime, stored, version, loaded_at, batch_profile=profile)

@@ -61,6 +61,14 @@ class Greedy:
             observer=observer,
         )
 
+    @property
+    def queue_delay_s(self) -> float:
+        return self._batcher.queue_delay_s
+
+    def set_queue_delay(self, seconds: float) -> None:
+        """A reloaded model brings its own `auto` wait (`utils/serving/queue_delay.py`)."""
+        self._batcher.queue_delay_s = seconds
+
     async def submit(self, item: Any) -> Any:
         return await self._batcher.submit(item)
 
