@@ -104,7 +104,7 @@ else
 	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
 	uri=$$($(PY) -m benchmarks.big_model --registry "$$scratch" --arch $(MODEL) | tail -1) && \
 	$(PY) -m benchmarks.compare --tracking-uri "$$uri" --label $(MODEL) \
-	  --policies greedy,cork,proxy --encodings iq_b64 --per-client 32 --min-requests 200 \
+	  --policies greedy,greedy@0,cork,proxy --encodings iq_b64 --per-client 32 --min-requests 200 \
 	  --ceiling-seconds 5 && \
 	$(PY) -m benchmarks.burst --tracking-uri "$$uri" --label $(MODEL)
 endif

@@ -47,6 +47,7 @@ from utils.api.schemas import (  # noqa: E402
     SampleSceneRequest,
 )
 from utils.asgi.api_page import APIPage  # noqa: E402
+from utils.asgi.arrival_count import ArrivalCount  # noqa: E402
 from utils.asgi.body_deadline import BodyDeadline  # noqa: E402
 from utils.asgi.body_size_limit import BodySizeLimit  # noqa: E402
 from utils.asgi.error_shape import ErrorShape  # noqa: E402
@@ -57,7 +58,7 @@ from utils.asgi.map_page import map_page  # noqa: E402
 from utils.asgi.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
 from utils.config import get_settings  # noqa: E402
 from utils.model.served import ServedModel, StoredModel, load_served  # noqa: E402
-from utils.serving import log_filters, metrics, model_store  # noqa: E402
+from utils.serving import arrivals, log_filters, metrics, model_store  # noqa: E402
 from utils.serving.model_control import ModelControl  # noqa: E402
 from utils.serving.preflight import check_model_store  # noqa: E402
 from utils.serving.reload import ModelReloader, initial_model  # noqa: E402
@@ -72,6 +73,8 @@ START = check_model_store(MODEL_TAG)
 # the workers' shared record of the model to serve: created here by the serve process
 CONTROL, _ = ModelControl.for_serve_process()
 CONTROL.initialize(START.tag, model_store.latest_tag(START.name))
+# requests on their way to the greedy batcher: an idle batcher waits only for these
+ARRIVALS = arrivals.Arrivals()
 # body budget per route; /predict's follows the served model's receiver count (`_load`)
 BODY_LIMITS = RouteBodyLimits(
     settings.max_request_bytes, settings.max_samples_per_capture, settings.max_predict_bytes
@@ -103,7 +106,9 @@ class Localization:
         served, generation, error = initial_model(
             CONTROL, model_store.from_bento(self.model), resolve, self._load
         )
-        self.pipeline = Pipeline.build(served, settings, lambda texts: self.to_async.infer(texts))
+        self.pipeline = Pipeline.build(
+            served, settings, lambda texts: self.to_async.infer(texts), arrivals=ARRIVALS
+        )
         self.reloader = ModelReloader(
             self.pipeline,
             CONTROL,
@@ -166,7 +171,10 @@ class Localization:
         req = PredictRequest.model_construct(**request)
         started = time.perf_counter()
         try:
-            response = await self.pipeline.predict_one(req, started, take_parsed(ctx.request.scope))
+            scope = ctx.request.scope
+            response = await self.pipeline.predict_one(
+                req, started, take_parsed(scope), scope.get(arrivals.SCOPE_KEY)
+            )
         except Exception as exc:  # noqa: BLE001 - to_response re-raises what it does not know
             return self._error(ctx, exc)
         metrics.count_predictions("predict", 1, time.perf_counter() - started)
@@ -178,8 +186,9 @@ class Localization:
         req = PredictBatchRequest.model_construct(**request)
         started = time.perf_counter()
         try:
+            scope = ctx.request.scope
             predictions = await self.pipeline.predict_many(
-                req, started, take_parsed(ctx.request.scope)
+                req, started, take_parsed(scope), scope.get(arrivals.SCOPE_KEY)
             )
         except Exception as exc:  # noqa: BLE001 - to_response re-raises what it does not know
             return self._error(ctx, exc)
@@ -235,6 +244,9 @@ Localization.add_asgi_middleware(
     BodySizeLimit, limits=BODY_LIMITS, max_json_values=settings.max_json_values
 )
 Localization.add_asgi_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)
+Localization.add_asgi_middleware(
+    ArrivalCount, arrivals=ARRIVALS, paths=("/predict", "/predict_batch")
+)
 Localization.add_asgi_middleware(GetAsPost, paths=("/model/info", "/sample_scene"))
 Localization.add_asgi_middleware(
     JSONOnly,

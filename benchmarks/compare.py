@@ -306,20 +306,25 @@ def run(
         print(f"  batch {r['batch']:<3} {r['samples_per_s']:>8} samples/s", flush=True)
 
     cache_hit: dict[str, Any] = {}
-    for i, policy in enumerate(policies):
+    for i, spec_text in enumerate(policies):
+        # `greedy@0`: a policy with BATCH_QUEUE_DELAY_MS set, to compare against `auto`
+        policy, _, delay = spec_text.partition("@")
         name = "this service (BentoML)" if i == 0 else f"this service ({policy})"
+        if delay:
+            name = f"this service ({policy}, queue delay {delay} ms)"
         env = {
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "True",
             "SERVICE_WORKERS": str(workers),
             "BATCH_DISPATCH": policy,
+            **({"BATCH_QUEUE_DELAY_MS": delay} if delay else {}),
         }
         port = free_port()
         with bentoml_serve(
             "service:Localization",
             port,
             env,
-            work / f"bentoml-{policy}.log",
+            work / f"bentoml-{i}-{policy}.log",
         ) as proc:
             url = f"http://127.0.0.1:{port}/predict"
             payloads = {
@@ -612,7 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-seconds", type=float, default=3.0)
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--skip", default="", help="comma list: mlflow,fastapi")
-    parser.add_argument("--policies", default="greedy", help="BATCH_DISPATCH modes, comma list")
+    parser.add_argument(
+        "--policies",
+        default="greedy",
+        help="BATCH_DISPATCH modes, comma list; greedy@<ms> sets BATCH_QUEUE_DELAY_MS",
+    )
     parser.add_argument("--encodings", default="iq_b64,iq_data")
     parser.add_argument("--label", default="", help="a benchmark model's name (big_model.py)")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from utils.serving.arrivals import Arrivals
 from utils.serving.greedy import BatcherClosed, BatchRecord, GreedyBatcher, Overloaded
 
 
@@ -197,6 +198,48 @@ def test_queue_delay_gathers_items_when_asked() -> None:
         tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
         assert await asyncio.wait_for(asyncio.gather(*tasks), 1) == [0, 10, 20]
         assert gate.batches == [[0, 1, 2]]  # full before the delay ran out: left at once
+
+    run(scenario)
+
+
+def test_a_lone_item_does_not_wait_for_company_that_is_not_coming() -> None:
+    """With arrivals counted, queue_delay is spent only on requests the worker has begun."""
+
+    async def scenario() -> None:
+        gate = Gate()
+        gate.release.set()
+        arrivals = Arrivals()
+        batcher = GreedyBatcher(
+            gate, max_batch_size=8, wait_budget_s=10, queue_delay_s=5.0, arrivals=arrivals
+        )
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(batcher.submit(1), 1) == 10  # not after 5 s
+        assert asyncio.get_running_loop().time() - started < 1
+        assert gate.batches == [[1]]
+
+    run(scenario)
+
+
+def test_an_idle_batcher_waits_for_requests_on_their_way_and_no_longer() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        gate.release.set()
+        arrivals = Arrivals()
+        batcher = GreedyBatcher(
+            gate, max_batch_size=8, wait_budget_s=10, queue_delay_s=5.0, arrivals=arrivals
+        )
+        coming = [arrivals.arrive() for _ in range(2)]  # two requests still being decoded
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.05)
+        assert gate.batches == []  # waiting: company is on its way
+        coming[0].close()
+        second = asyncio.create_task(batcher.submit(2))
+        await asyncio.sleep(0.05)
+        assert gate.batches == []
+        coming[1].close()  # a cache hit: it never reaches the batcher, so stop waiting
+        coming[1].close()  # idempotent
+        assert await asyncio.wait_for(asyncio.gather(first, second), 1) == [10, 20]
+        assert gate.batches == [[1, 2]] and arrivals.pending == 0
 
     run(scenario)
 

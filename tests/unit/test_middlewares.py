@@ -19,10 +19,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from utils.api.errors import ERROR_TYPES
+from utils.asgi.arrival_count import ArrivalCount
 from utils.asgi.body_size_limit import BodySizeLimit
 from utils.asgi.get_as_post import GetAsPost
 from utils.asgi.json_only import JSONOnly
 from utils.asgi.openapi_fix import ERROR_SCHEMA, INFO, OpenAPIFix, nullable_fields
+from utils.serving.arrivals import Arrivals
 
 # --------------------------------------------------------------------------- helpers
 
@@ -759,3 +761,29 @@ def test_lifespan_passes_through(name: str) -> None:
     replies = run_lifespan(MIDDLEWARES[name](Starlette(lifespan=lifespan)))
     assert events == ["startup", "shutdown"]
     assert replies == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+# --------------------------------------------------------------------------- ArrivalCount
+
+
+def test_arrival_count_opens_a_ticket_per_batchable_request_and_closes_it() -> None:
+    arrivals = Arrivals()
+    seen: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(arrivals.pending)
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen.append(arrivals.pending)  # closed when the response starts
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    counted = ArrivalCount(app, arrivals=arrivals, paths=("/predict", "/boom"))
+    assert call(counted, "POST", "/predict", content=b"{}").status_code == 200
+    assert seen == [1, 0] and arrivals.pending == 0
+    seen.clear()
+    assert call(counted, "POST", "/other", content=b"{}").status_code == 200
+    assert seen == [0, 0]  # not a batchable route: not counted
+    with pytest.raises(RuntimeError):
+        call(counted, "POST", "/boom", content=b"{}")
+    assert arrivals.pending == 0  # closed however the request ended

@@ -37,6 +37,7 @@ from utils.config import Settings
 from utils.model.runtime import ModelRuntime, RawPredictions
 from utils.model.served import ServedModel
 from utils.serving import metrics
+from utils.serving.arrivals import Arrivals, Ticket
 from utils.serving.batching import Batcher, Greedy, make_batcher
 from utils.serving.cache import (
     PredictionCache,
@@ -177,6 +178,7 @@ class Pipeline:
         served: ServedModel,
         settings: Settings,
         infer_api: Callable[[list[str]], Awaitable[list[dict[str, Any]]]],
+        arrivals: Arrivals | None = None,
     ) -> Pipeline:
         """The worker's pipeline as configured: its batcher (`BATCH_DISPATCH`; none for
         `proxy`, which goes through the batchable `infer_api`) and its cache."""
@@ -188,6 +190,7 @@ class Pipeline:
             wait_budget_s=settings.batch_wait_budget_s,
             queue_delay_s=queue_delay_s(settings.batch_queue_delay_ms, served.batch_profile),
             observer=metrics.observe_batch,
+            arrivals=arrivals,
         )
         cache = make_cache(
             settings.redis_url,
@@ -258,9 +261,11 @@ class Pipeline:
         req: PredictRequest | PredictBatchRequest,
         started: float,
         field: str,
+        ticket: Ticket | None = None,
     ) -> list[PredictionResponse]:
         """Cache lookup, batched inference of the misses, cache fill; request order kept.
-        `field` names the request field the captures came from, for a broken-model error."""
+        `field` names the request field the captures came from, for a broken-model error;
+        `ticket` (`utils/serving/arrivals.py`) is closed as the misses reach the batcher."""
         keys: list[str] = []
         cached: list[bytes | None] = [None] * len(captures)
         if req.cache_enabled:
@@ -297,6 +302,8 @@ class Pipeline:
             metrics.CACHE_MISSES.inc(len(misses))
         if misses:
             verbatim = getattr(req, "iq_b64", None) if len(captures) == 1 else None
+            if ticket is not None:  # at the batcher now: no longer company on its way
+                ticket.close()
             results = await self.dispatch(served, [captures[i] for i in misses], verbatim)
             try:
                 fresh = self._responses(served, results, req, started)
@@ -324,24 +331,32 @@ class Pipeline:
         return final
 
     async def predict_one(
-        self, req: PredictRequest, started: float, parsed: ParsedIQ | None = None
+        self,
+        req: PredictRequest,
+        started: float,
+        parsed: ParsedIQ | None = None,
+        ticket: Ticket | None = None,
     ) -> PredictionResponse:
         """`/predict`: decode, then the shared path, on the model serving now."""
         served = self.served
         capture = await self.decode_one(served, req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         field = "iq_b64" if req.iq_b64 is not None else "iq_data"
-        (response,) = await self.predict(served, [capture], req, started, field)
+        (response,) = await self.predict(served, [capture], req, started, field, ticket)
         return response
 
     async def predict_many(
-        self, req: PredictBatchRequest, started: float, parsed: ParsedIQ | None = None
+        self,
+        req: PredictBatchRequest,
+        started: float,
+        parsed: ParsedIQ | None = None,
+        ticket: Ticket | None = None,
     ) -> list[PredictionResponse]:
         """`/predict_batch`: decode every item (errors name `field[i]`), then the shared path."""
         served = self.served
         captures, field = await self.decode_many(served, req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
-        return await self.predict(served, captures, req, started, field)
+        return await self.predict(served, captures, req, started, field, ticket)
 
     def _responses(
         self,

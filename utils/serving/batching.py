@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 
 import anyio.to_thread
 
+from utils.serving.arrivals import Arrivals
 from utils.serving.greedy import BatchRecord, GreedyBatcher
 
 Dispatch = Literal["greedy", "cork", "proxy"]
@@ -52,6 +53,7 @@ class Greedy:
         wait_budget_s: float,
         queue_delay_s: float,
         observer: Callable[[BatchRecord], None] | None,
+        arrivals: Arrivals | None = None,
     ) -> None:
         self._batcher: GreedyBatcher[Any, Any] = GreedyBatcher(
             _in_thread(batch_fn),
@@ -59,6 +61,7 @@ class Greedy:
             wait_budget_s=wait_budget_s,
             queue_delay_s=queue_delay_s,
             observer=observer,
+            arrivals=arrivals,
         )
 
     @property
@@ -117,6 +120,7 @@ def make_batcher(
     wait_budget_s: float,
     queue_delay_s: float,
     observer: Callable[[BatchRecord], None] | None = None,
+    arrivals: Arrivals | None = None,
 ) -> Batcher | None:
     """The in-worker batcher for `dispatch`; None for `proxy` (the `infer` API batches)."""
     if dispatch == "greedy":
@@ -126,6 +130,7 @@ def make_batcher(
             wait_budget_s=wait_budget_s,
             queue_delay_s=queue_delay_s,
             observer=observer,
+            arrivals=arrivals,
         )
     if dispatch == "cork":
         return Cork(batch_fn, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms)

@@ -6,8 +6,10 @@ own deliberate waits: after a burst a lone request waits as long as the burst's 
 records that wait again, and the service stays slow for minutes (README, Batching). This policy
 keeps no such history:
 
-- **idle → at once**: when no batch is running, an arriving item starts a batch immediately
-  (after `queue_delay_s`, default 0, for models whose per-sample cost falls with batch size);
+- **idle → at once**: when no batch is running, an arriving item starts a batch immediately;
+  for models whose per-sample cost falls with batch size, it waits up to `queue_delay_s` for
+  requests the worker has begun and not yet submitted (`utils/serving/arrivals.py`), never for
+  requests that do not exist (a lone request does not wait);
 - **busy → next batch**: items arriving while a batch runs queue up; when it finishes the queue
   leaves together, in arrival order, up to `max_batch_size` ("queued", or "full" when more wait);
 - **overload → 503 early**: an item whose expected wait (batches ahead of it × the recent batch
@@ -29,6 +31,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
+
+from utils.serving.arrivals import Arrivals
 
 T_IN = TypeVar("T_IN")
 T_OUT = TypeVar("T_OUT")
@@ -85,7 +89,11 @@ class GreedyBatcher(Generic[T_IN, T_OUT]):
         wait_budget_s: float,
         queue_delay_s: float = 0.0,
         observer: Callable[[BatchRecord], None] | None = None,
+        arrivals: Arrivals | None = None,
     ) -> None:
+        """`arrivals`: requests on their way to this batcher; with it, an idle batcher waits
+        (at most `queue_delay_s`) only while some are, and no longer than until they are in.
+        Without it, it waits `queue_delay_s` whenever it was idle."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self._run_batch = run_batch  # async callable: awaits the batch (e.g. in a thread)
@@ -100,6 +108,16 @@ class GreedyBatcher(Generic[T_IN, T_OUT]):
         self._batch_s: float | None = None  # moving average of batch duration
         self._idle_since = 0.0  # when the last batch finished: later arrivals found it idle
         self._closed = False
+        self._arrivals = arrivals
+        if arrivals is not None:
+            arrivals.listen(self._on_arrival)
+
+    def _on_arrival(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _company_coming(self) -> bool:
+        return self._arrivals is None or self._arrivals.pending > 0
 
     # --- public -------------------------------------------------------------------------------
     @property
@@ -175,7 +193,11 @@ class GreedyBatcher(Generic[T_IN, T_OUT]):
             reason: Reason = "queued"
             if self._queue[0].enqueued >= self._idle_since:  # it arrived to an idle batcher
                 reason = "idle"
-                if self.queue_delay_s > 0 and len(self._queue) < self.max_batch_size:
+                if (
+                    self.queue_delay_s > 0
+                    and len(self._queue) < self.max_batch_size
+                    and self._company_coming()
+                ):
                     await self._gather_for(self.queue_delay_s)
             batch = [
                 self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))
@@ -202,6 +224,8 @@ class GreedyBatcher(Generic[T_IN, T_OUT]):
         assert self._wake is not None
         deadline = time.perf_counter() + delay_s
         while len(self._queue) < self.max_batch_size and not self._closed:
+            if not self._company_coming():  # everyone announced is in: go
+                return
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return
