@@ -104,9 +104,12 @@ else
 	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
 	uri=$$($(PY) -m benchmarks.big_model --registry "$$scratch" --arch $(MODEL) | tail -1) && \
 	$(PY) -m benchmarks.compare --tracking-uri "$$uri" --label $(MODEL) \
-	  --policies greedy,greedy@0,cork,proxy --encodings iq_b64 --per-client 32 --min-requests 200 \
+	  --policies greedy,greedy@auto,cork,proxy --encodings iq_b64 --per-client 32 --min-requests 200 \
 	  --ceiling-seconds 5 && \
-	$(PY) -m benchmarks.burst --tracking-uri "$$uri" --label $(MODEL)
+	$(PY) -m benchmarks.burst --tracking-uri "$$uri" --label $(MODEL) && \
+	$(PY) -m benchmarks.steady --tracking-uri "$$uri" --label $(MODEL) \
+	  --policies greedy,greedy@auto --baseline greedy --levels 1,8,32 --rounds 6 \
+	  --requests 400 --burst-seconds 10
 endif
 
 # What a reload costs under load; needs two imports in the store (python -m demo.bootstrap

@@ -311,7 +311,8 @@ def run(
         policy, _, delay = spec_text.partition("@")
         name = "this service (BentoML)" if i == 0 else f"this service ({policy})"
         if delay:
-            name = f"this service ({policy}, queue delay {delay} ms)"
+            shown = "auto" if delay == "auto" else f"{delay} ms"
+            name = f"this service ({policy}, queue delay {shown})"
         env = {
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "True",

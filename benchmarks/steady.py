@@ -44,16 +44,18 @@ LEVELS = (32, 64)
 
 
 def markdown(result: dict[str, Any]) -> str:
+    base = result.get("baseline", "cork")
+    shown = "CORK" if base == "cork" else base
     lines = [
         "| policy | state | concurrency | rounds | req/s (median) | p50 ms | p99 ms "
-        "| req/s / CORK | p99 / CORK | errors |",
+        f"| req/s / {shown} | p99 / {shown} | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in result["summary"]:
         lines.append(
             f"| {s['policy']} | {s['state']} | {s['concurrency']} | {s['rounds']} | "
-            f"{s['rps']} | {s['p50_ms']} | {s['p99_ms']} | {s['rps_vs_cork']} | "
-            f"{s['p99_vs_cork']} | {s['errors']} |"
+            f"{s['rps']} | {s['p50_ms']} | {s['p99_ms']} | {s['rps_vs_baseline']} | "
+            f"{s['p99_vs_baseline']} | {s['errors']} |"
         )
     lines += [
         "",
@@ -75,10 +77,15 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def summarise(rows: list[dict[str, Any]], policies: list[str]) -> list[dict[str, Any]]:
+def summarise(
+    rows: list[dict[str, Any]],
+    policies: list[str],
+    levels: tuple[int, ...] = LEVELS,
+    baseline: str = "cork",
+) -> list[dict[str, Any]]:
     out = []
     for state in ("fresh", "after burst"):
-        for level in LEVELS:
+        for level in levels:
             medians = {}
             for policy in policies:
                 mine = [
@@ -95,7 +102,7 @@ def summarise(rows: list[dict[str, Any]], policies: list[str]) -> list[dict[str,
                     "errors": sum(r["errors"] for r in mine),
                     "rounds": len(mine),
                 }
-            cork = medians.get("cork")
+            cork, base = medians.get("cork"), medians.get(baseline)
             for policy, m in medians.items():
                 out.append(
                     {
@@ -105,6 +112,8 @@ def summarise(rows: list[dict[str, Any]], policies: list[str]) -> list[dict[str,
                         **m,
                         "rps_vs_cork": round(m["rps"] / cork["rps"], 2) if cork else None,
                         "p99_vs_cork": round(m["p99_ms"] / cork["p99_ms"], 2) if cork else None,
+                        "rps_vs_baseline": round(m["rps"] / base["rps"], 2) if base else None,
+                        "p99_vs_baseline": round(m["p99_ms"] / base["p99_ms"], 2) if base else None,
                     }
                 )
     return out
@@ -118,7 +127,12 @@ def run(
     workers: int,
     out: Path | None,
     registry_uri: str | None,
+    levels: tuple[int, ...] = LEVELS,
+    baseline: str = "cork",
+    label: str = "",
 ) -> dict[str, Any]:
+    """`policies` may carry a fixed greedy wait, `greedy@0` (BATCH_QUEUE_DELAY_MS=0), to
+    measure `auto` against it; `label`: a benchmark model's results, `steady-<label>.*`."""
     work = Path(tempfile.mkdtemp(prefix="rfloc-steady-"))
     model_dir = import_model_into(work / "bentoml", registry_uri)
     spec_json = model_dir / "feature_spec.json"
@@ -150,7 +164,12 @@ def run(
                         "BENTOML_HOME": str(home),
                         "BENTOML_DO_NOT_TRACK": "True",
                         "SERVICE_WORKERS": str(workers),
-                        "BATCH_DISPATCH": policy,
+                        "BATCH_DISPATCH": policy.partition("@")[0],
+                        **(
+                            {"BATCH_QUEUE_DELAY_MS": policy.partition("@")[2]}
+                            if "@" in policy
+                            else {}
+                        ),
                     },
                     work / f"{policy}.log",
                 )
@@ -162,7 +181,7 @@ def run(
             if state == "after burst" and index == (rounds + 1) // 2:
                 for url in urls.values():
                     asyncio.run(burst_load(url, b64, pairs, burst_seconds))
-            for level in LEVELS:
+            for level in levels:
                 for policy, url in urls.items():
                     s = run_load(url, b64, level, requests).summary()
                     rows.append({"round": index + 1, "state": state, "policy": policy, **s})
@@ -180,10 +199,11 @@ def run(
             note="servers up together, measured in turn; load generator on the same machine",
         ),
         "policies": policies,
+        "baseline": baseline,
         "rows": rows,
-        "summary": summarise(rows, policies),
+        "summary": summarise(rows, policies, levels, baseline),
     }
-    write_results(out, "steady", result, markdown(result))
+    write_results(out, f"steady-{label}" if label else "steady", result, markdown(result))
     return result
 
 
@@ -195,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument("--baseline", default="cork", help="the policy ratios are against")
+    parser.add_argument("--label", default="", help="a benchmark model's name (big_model.py)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     run(
@@ -205,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         args.workers,
         args.out,
         args.tracking_uri,
+        tuple(int(x) for x in args.levels.split(",") if x),
+        args.baseline,
+        args.label,
     )
     return 0
 

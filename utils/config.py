@@ -99,11 +99,12 @@ class Settings(BaseSettings):
         "cannot meet it.",
     )
     batch_queue_delay_ms: Annotated[float, Field(ge=0.0)] | Literal["auto"] = Field(
-        default="auto",
-        description="greedy only: how long an item arriving at an idle batcher waits for "
-        "company (ms). auto: measured per model at load: 0 when a sample costs about the "
-        "same alone as in a batch (the demo model), else half a single inference, at most "
-        "10 ms (utils/serving/queue_delay.py).",
+        default=0.0,
+        description="greedy only: how long an item arriving at an idle batcher waits, at "
+        "most, for requests the worker has begun (ms). 0: never; on CPU waiting did not pay "
+        "even for a ResNet-18 (README, Batching on a backbone-sized model). auto: measured "
+        "per model at load, half a single inference when a sample is >= 1.25x cheaper in a "
+        "batch (utils/serving/queue_delay.py), for a GPU.",
     )
     batch_wait_budget_share: float = Field(
         default=0.5,

@@ -32,7 +32,11 @@ def server(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     srv = start_server(
         home,
         home / "serve.log",
-        env={"SERVICE_WORKERS": "2", "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)},
+        env={
+            "SERVICE_WORKERS": "2",
+            "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
+            "BATCH_QUEUE_DELAY_MS": "auto",  # measured per model: 0 for the demo (see below)
+        },
     )
     yield srv
     assert srv.stop() == 0, srv.log()[-3000:]
@@ -678,8 +682,8 @@ def test_bad_input_matrix(server: Server, spec: FeatureSpec) -> None:
 def test_the_greedy_wait_is_decided_from_the_served_models_own_measurement(
     server: Server,
 ) -> None:
-    """BATCH_QUEUE_DELAY_MS=auto (the default): each worker measured the model at load and
-    logged the wait it chose by the rule of `utils/serving/queue_delay.py`."""
+    """BATCH_QUEUE_DELAY_MS=auto: each worker measured the model at load and logged the wait
+    it chose by the rule of `utils/serving/queue_delay.py`."""
     notes = re.findall(
         r"queue delay ([\d.]+) ms \(auto: ([\d.]+) ms alone, ([\d.]+)x cheaper per sample "
         r"at batch (\d+)\)",

@@ -74,8 +74,9 @@ def test_the_batcher_takes_the_served_models_delay_and_follows_a_reload(tmp_path
     (tmp_path / "b").mkdir()
     flat = _served(tmp_path / "a", toy_model(), BatchProfile(0.001, 8, 0.008))
     backbone = _served(tmp_path / "b", toy_model(), BatchProfile(0.006, 8, 0.030))
-    settings = Settings(_env_file=None)
-    assert settings.batch_queue_delay_ms == "auto" and settings.batch_dispatch == "greedy"
+    assert Settings(_env_file=None).batch_queue_delay_ms == 0.0  # the default: never wait
+    settings = Settings(_env_file=None, batch_queue_delay_ms="auto")
+    assert settings.batch_dispatch == "greedy"
     pipeline = Pipeline.build(flat, settings, infer_api=None)  # type: ignore[arg-type]
     assert isinstance(pipeline.batcher, Greedy)
     assert pipeline.batcher.queue_delay_s == 0.0
@@ -101,7 +102,7 @@ def test_the_load_path_measures_the_profile_only_where_it_is_used(tmp_path: Path
     folder.mkdir()
     onnx.save(toy_model(), folder / "model.onnx")
     stored = StoredModel("toy:1", "toy", "1", folder, {}, "t")
-    auto = load_served(stored, Settings(_env_file=None), 1, "t")
+    auto = load_served(stored, Settings(_env_file=None, batch_queue_delay_ms="auto"), 1, "t")
     assert auto.batch_profile is not None and auto.batch_profile.batch == 8
     assert auto.batch_profile.single_s > 0
     fixed = load_served(stored, Settings(_env_file=None, batch_queue_delay_ms=0), 1, "t")

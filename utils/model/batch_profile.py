@@ -1,11 +1,11 @@
 """What batching buys this model on this machine, measured once when it is loaded.
 
-Whether a request should wait for company depends on the model, not the service: the demo MLP
-costs the same per sample at batch 1 and 8 (waiting only adds latency), while a convolutional
-backbone on the same CPU costs 1.6x less per sample at batch 8 (`benchmarks/results/
-compare-resnet18.md`), so a few milliseconds of waiting when idle buy a fifth more throughput at
-c=32. The load path times one inference of 1 and of `probe` captures (after the warm-up, median
-of a few runs), and `utils/serving/queue_delay.py` turns that into the batcher's wait.
+Whether a request should wait for company depends on the model: the demo MLP costs the same
+per sample at batch 1 and 8, while a convolutional backbone on the same CPU costs 1.6x less per
+sample at batch 8 (`benchmarks/results/compare-resnet18.md`), and on a GPU far more. With
+`BATCH_QUEUE_DELAY_MS=auto` the load path times one inference of 1 and of `probe` captures
+(after the warm-up, median of a few runs), and `utils/serving/queue_delay.py` turns that into
+the greedy batcher's wait.
 """
 
 from __future__ import annotations

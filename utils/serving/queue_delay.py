@@ -1,15 +1,21 @@
 """How long an item arriving at an idle greedy batcher waits for company (`BATCH_QUEUE_DELAY_MS`).
 
-Waiting costs a lone request the whole wait and pays only when a sample is cheaper in a batch.
-`auto` (the default) decides from the model's measured `BatchProfile`:
+Waiting pays only when a sample is cheaper in a batch, and only for requests that are coming:
+the batcher waits at most this long, and only while the worker holds requests it has begun and
+not yet submitted (`utils/serving/arrivals.py`), so a lone request never waits.
 
-- per-sample cost at batch 8 more than 80 % of batch 1's (gain < 1.25; the demo MLP, whose
-  gain is 1.0): no wait, as Triton's and TF-Serving's CPU guidance start;
-- otherwise half a single inference, at most 10 ms: on the ResNet-18 benchmark model (6.2 ms
-  single inference) 3 ms took c=32 throughput from 243 to 290 req/s and its p99 from 340 to
-  206 ms, for 2.6 ms more at c=1 (`benchmarks/results/compare-resnet18*.md`). Half an inference
-  bounds the lone request's penalty while letting the requests that were being decoded, when
-  the batcher went idle, join the batch instead of waiting a whole small batch behind it.
+The default is 0: measured on CPU, waiting does not pay even for a model whose per-sample cost
+falls with batch size. On the ResNet-18 benchmark model (1.6x cheaper per sample at batch 8),
+`auto` (3 ms here) against 0, servers side by side, 6 interleaved rounds
+(`benchmarks/results/steady-resnet18.md`): c=32 throughput 1.02x fresh and 0.98x after a
+burst, c=1 0.94-0.98x, and c=8 0.86x / 0.61x with a p99 2.6x longer: with 4 clients per worker,
+waiting for all of them puts decoding and inference in lockstep. Requests already batch while
+a batch runs; on one core per worker that is enough.
+
+`auto` is for where the gain is larger (a GPU: the per-sample cost keeps falling to batches of
+tens): it decides from the model's measured `BatchProfile`: no wait when the per-sample cost at
+batch 8 is more than 80 % of batch 1's (gain < 1.25; the demo MLP's gain is about 1.0), else
+half a single inference, at most 10 ms, which bounds what a request can lose to the wait.
 """
 
 from __future__ import annotations
