@@ -247,9 +247,11 @@ def measure(
         # where the time goes: server CPU per request, and (this service) the mean batch size
         row["cpu_ms_per_request"] = round(1000.0 * cpu / max(1, result.requests), 2)
         batches_after = batch_sizes(url)
-        if batches_before and batches_after and batches_after[1] > batches_before[1]:
-            served = batches_after[0] - batches_before[0]
-            row["mean_batch"] = round(served / (batches_after[1] - batches_before[1]), 2)
+        # no histogram lines yet before the first batch of a fresh server: zero batches so far
+        before = batches_before or (0.0, 0.0)
+        if batches_after and batches_after[1] > before[1]:
+            served = batches_after[0] - before[0]
+            row["mean_batch"] = round(served / (batches_after[1] - before[1]), 2)
         print(
             f"  {name:<26} {encoding:<8} c={level:<3} {row['rps']:>7} req/s  "
             f"p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  errors {row['errors']}",
