@@ -13,6 +13,7 @@ from pathlib import Path
 import bentoml
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from tests.support.serving import Server, import_demo_model, start_server
@@ -694,3 +695,18 @@ def test_the_greedy_wait_is_decided_from_the_served_models_own_measurement(
         assert int(batch) == 8
         expected = 0.0 if float(gain) < 1.25 else min(float(single) / 2, 10.0)
         assert float(delay) == pytest.approx(expected, abs=0.051)  # as logged, 1 decimal
+
+
+def test_workers_run_uvicorns_c_http_parser_and_libuv_loop(server: Server) -> None:
+    """`requirements/serve.txt` installs httptools and uvloop; uvicorn picks them only when they
+    import, so check the running workers have them loaded (else they fell back to h11/asyncio,
+    1.7x slower at c=8 on the backbone model: benchmarks/results/http_stack-resnet18.md)."""
+    workers = [
+        p
+        for p in psutil.Process(server.process.pid).children(recursive=True)
+        if "_bentoml_impl.worker" in " ".join(p.cmdline())
+    ]
+    assert len(workers) == 2
+    for worker in workers:  # their compiled modules are mapped into each worker
+        paths = " ".join(m.path for m in worker.memory_maps())
+        assert "httptools" in paths and "uvloop" in paths
