@@ -35,12 +35,12 @@ from benchmarks.compare import (
     bentoml_serve,
     free_port,
     import_model_into,
+    model_spec,
     run_meta,
     write_results,
 )
 from benchmarks.loadgen import LoadResult, run_for, run_load
 from utils.api.decoding import decode_iq_b64, encode_capture
-from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes
 
 POLICIES = ("greedy", "cork", "proxy")
@@ -234,12 +234,7 @@ def run(
     work = Path(tempfile.mkdtemp(prefix="rfloc-burst-"))
     home = work / "bentoml"
     model_dir = import_model_into(home, registry_uri)
-    spec_json = model_dir / "feature_spec.json"
-    spec = (
-        FeatureSpec.model_validate_json(spec_json.read_text())
-        if spec_json.exists()
-        else FeatureSpec()
-    )
+    spec = model_spec(model_dir)
     iq = generate_scenes(scenes, seed=4242, spec=spec).iq
     b64 = [{"iq_b64": encode_capture(c), "cache_enabled": False} for c in iq]
     pairs = [

@@ -73,6 +73,21 @@ def import_model_into(home: Path, registry_uri: str | None) -> Path:
     return home / "models" / name / version
 
 
+def model_spec(model_dir: Path) -> FeatureSpec:
+    """The imported model's feature spec (the documented defaults when it has none)."""
+    spec_json = model_dir / "feature_spec.json"
+    if spec_json.exists():
+        return FeatureSpec.model_validate_json(spec_json.read_text())
+    return FeatureSpec()
+
+
+def policy_env(policy: str) -> dict[str, str]:
+    """`greedy`, `cork`, `proxy`, or `greedy@<ms|auto>` (a BATCH_QUEUE_DELAY_MS besides):
+    the environment that serves this service that way."""
+    dispatch, _, delay = policy.partition("@")
+    return {"BATCH_DISPATCH": dispatch, **({"BATCH_QUEUE_DELAY_MS": delay} if delay else {})}
+
+
 # --- in-process ceiling -------------------------------------------------------------------------
 
 
@@ -285,12 +300,7 @@ def run(
     work = Path(tempfile.mkdtemp(prefix="rfloc-bench-"))
     home = work / "bentoml"
     model_dir = import_model_into(home, registry_uri)
-    spec_json = model_dir / "feature_spec.json"
-    spec = (
-        FeatureSpec.model_validate_json(spec_json.read_text())
-        if spec_json.exists()
-        else FeatureSpec()
-    )
+    spec = model_spec(model_dir)
     iq = generate_scenes(scenes, seed=4242, spec=spec).iq
     b64 = [encode_capture(c) for c in iq]
     pairs = [np.stack([c.real, c.imag], axis=-1).tolist() for c in iq[: max(2, scenes // 4)]]
@@ -319,8 +329,7 @@ def run(
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "True",
             "SERVICE_WORKERS": str(workers),
-            "BATCH_DISPATCH": policy,
-            **({"BATCH_QUEUE_DELAY_MS": delay} if delay else {}),
+            **policy_env(spec_text),
         }
         port = free_port()
         with bentoml_serve(

@@ -27,12 +27,12 @@ from benchmarks.compare import (
     bentoml_serve,
     free_port,
     import_model_into,
+    model_spec,
     run_meta,
     write_results,
 )
 from benchmarks.loadgen import run_load
 from utils.api.decoding import encode_capture
-from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes
 
 STACKS = ("httptools+uvloop", "h11+asyncio")
@@ -102,12 +102,7 @@ def run(
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rfloc-http-"))
     model_dir = import_model_into(work / "bentoml", registry_uri)
-    spec_json = model_dir / "feature_spec.json"
-    spec = (
-        FeatureSpec.model_validate_json(spec_json.read_text())
-        if spec_json.exists()
-        else FeatureSpec()
-    )
+    spec = model_spec(model_dir)
     bodies = [
         {"iq_b64": encode_capture(c), "cache_enabled": False}
         for c in generate_scenes(16, seed=4242, spec=spec).iq

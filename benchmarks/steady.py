@@ -32,12 +32,13 @@ from benchmarks.compare import (
     bentoml_serve,
     free_port,
     import_model_into,
+    model_spec,
+    policy_env,
     run_meta,
     write_results,
 )
 from benchmarks.loadgen import run_load
 from utils.api.decoding import encode_capture
-from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes
 
 LEVELS = (32, 64)
@@ -135,12 +136,7 @@ def run(
     measure `auto` against it; `label`: a benchmark model's results, `steady-<label>.*`."""
     work = Path(tempfile.mkdtemp(prefix="rfloc-steady-"))
     model_dir = import_model_into(work / "bentoml", registry_uri)
-    spec_json = model_dir / "feature_spec.json"
-    spec = (
-        FeatureSpec.model_validate_json(spec_json.read_text())
-        if spec_json.exists()
-        else FeatureSpec()
-    )
+    spec = model_spec(model_dir)
     iq = generate_scenes(16, seed=4242, spec=spec).iq
     b64 = [{"iq_b64": encode_capture(c), "cache_enabled": False} for c in iq]
     pairs = [
@@ -164,12 +160,7 @@ def run(
                         "BENTOML_HOME": str(home),
                         "BENTOML_DO_NOT_TRACK": "True",
                         "SERVICE_WORKERS": str(workers),
-                        "BATCH_DISPATCH": policy.partition("@")[0],
-                        **(
-                            {"BATCH_QUEUE_DELAY_MS": policy.partition("@")[2]}
-                            if "@" in policy
-                            else {}
-                        ),
+                        **policy_env(policy),
                     },
                     work / f"{policy}.log",
                 )

@@ -42,10 +42,9 @@ class BodyDeadline:
                 return await receive()
             if expired:
                 return {"type": "http.disconnect"}
-            try:
-                message = await asyncio.wait_for(
-                    receive(), timeout=max(deadline - loop.time(), _GRACE_S)
-                )
+            try:  # a timer on this task, not a task per chunk as `wait_for` would start
+                async with asyncio.timeout(max(deadline - loop.time(), _GRACE_S)):
+                    message = await receive()
             except TimeoutError:
                 expired = True
                 if not started:
