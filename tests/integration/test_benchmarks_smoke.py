@@ -66,7 +66,9 @@ def test_compare_runs_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
         assert expected in servers
     served = [r for r in data["rows"] if r["server"] != "in-process ceiling"]
     assert all(r["errors"] == 0 and r["requests"] >= 4 and r["peak_rss_mb"] > 0 for r in served)
-    assert all(r["cpu_ms_per_request"] > 0 for r in served)
+    # the kernel counts CPU in 10 ms ticks: a 4-request row may read 0, the whole run cannot
+    assert all(r["cpu_ms_per_request"] >= 0 for r in served)
+    assert sum(r["cpu_ms_per_request"] * r["requests"] for r in served) > 0
     # this service's rows say how large its batches were (from its own /metrics)
     ours = [r for r in served if r["server"] == "this service (BentoML)"]
     assert all(1 <= r["mean_batch"] <= 8 for r in ours)
