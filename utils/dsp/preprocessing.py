@@ -94,7 +94,9 @@ def _as_batch(iq: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 def peak_amplitude(iq: np.ndarray) -> float:
     """Largest |I| or |Q| of a complex64 capture: NaN or infinity when any value is one."""
     values = np.ascontiguousarray(iq).view(np.float32)
-    return float(np.abs(values).max()) if values.size else 0.0
+    # max and min in place of abs().max(): no temporary the size of the capture; both
+    # propagate NaN
+    return float(max(values.max(), -values.min())) if values.size else 0.0
 
 
 #: Above this peak |I| or |Q| a float32 power spectrum could overflow (an FFT bin sums n_fft
