@@ -167,7 +167,15 @@ def import_model(
                 f"{str(exc).splitlines()[0][:200]}"
             ) from exc
         contract = validate_model_folder(folder, full_check=True)
-        existing = _existing(settings.bento_model_name, resolved, contract.sha256)
+        import bentoml
+
+        # what the store raises when it refuses: a folder it cannot create or write, a file
+        # where its `models` folder should be, a name that is not a valid tag
+        refused = (OSError, ValueError, bentoml.exceptions.BentoMLException)
+        try:
+            existing = _existing(settings.bento_model_name, resolved, contract.sha256)
+        except refused as exc:
+            raise StoreError(f"BentoML model store: {str(exc).splitlines()[0][:300]}") from exc
         if existing is not None and not force:
             log.info(
                 "%s version %s (sha256 %s) is already stored as %s",
@@ -177,8 +185,7 @@ def import_model(
                 existing.tag,
             )
             return _result(str(existing.tag), False, resolved, contract)
-        import bentoml
-
+        model = None
         try:
             with bentoml.models.create(
                 settings.bento_model_name,
@@ -191,10 +198,28 @@ def import_model(
                         shutil.copytree(item, target)
                     else:
                         shutil.copy2(item, target)
-        except (OSError, ValueError, bentoml.exceptions.BentoMLException) as exc:
+        except refused as exc:
+            _discard(model)
             raise StoreError(f"BentoML model store: {str(exc).splitlines()[0][:300]}") from exc
     log.info("imported %s version %s as %s", name, resolved.version, model.tag)
     return _result(str(model.tag), True, resolved, contract)
+
+
+def _discard(model: object) -> None:
+    """Take out of the store what a failed `bentoml.models.create` left there. BentoML removes
+    a version whose files failed to go in, but not one whose files are in when writing the
+    model's `latest` pointer fails: the import failed, so the store keeps nothing of it."""
+    if model is None:
+        return
+    import bentoml
+
+    tag = model.tag  # type: ignore[attr-defined]
+    try:
+        stored = bentoml.models.get(tag)
+    except Exception:  # not in the store (the usual case): nothing to take out
+        return
+    if stored.tag == tag:  # `get` also matches a version by prefix: only this one
+        shutil.rmtree(stored.path, ignore_errors=True)
 
 
 def _result(
@@ -274,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "mlflow", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow draws its own download bars (tqdm) for a model's files and for large weights
+    # fetched from a tracking server; only where someone watches, never into a log file
+    os.environ.setdefault(
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false"
+    )
     settings = get_settings()
     if args.reload_url and settings.admin_token is None:
         return _fail(EXIT_USAGE, "--reload-url needs ADMIN_TOKEN (the service's token)")

@@ -58,7 +58,7 @@ from utils.asgi.map_page import map_page  # noqa: E402
 from utils.asgi.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
 from utils.config import get_settings  # noqa: E402
 from utils.model.served import ServedModel, StoredModel, load_served  # noqa: E402
-from utils.serving import arrivals, log_filters, metrics, model_store  # noqa: E402
+from utils.serving import announce, arrivals, log_filters, metrics, model_store  # noqa: E402
 from utils.serving.model_control import ModelControl  # noqa: E402
 from utils.serving.preflight import check_model_store  # noqa: E402
 from utils.serving.reload import ModelReloader, initial_model  # noqa: E402
@@ -133,6 +133,8 @@ class Localization:
             cache,
             self.pipeline.batching_note(),
         )
+        if bentoml.server_context.worker_index in (None, 1):  # once per server, not per worker
+            announce.log_start(log, str(served.tag))
 
     @staticmethod
     def _load(stored: StoredModel) -> ServedModel:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ from demo.onnx_graph import (
     feature_model,
     localization_model,
 )
+from demo.progress import Steps, steps
 from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.preprocessing import preprocess
 from utils.dsp.synthetic import SceneConfig, generate_scenes
@@ -88,7 +90,10 @@ def _normalised_spec(base: FeatureSpec, iq: np.ndarray) -> FeatureSpec:
 
 
 def _dataset(
-    cfg: TrainConfig, base: FeatureSpec, world: SceneConfig
+    cfg: TrainConfig,
+    base: FeatureSpec,
+    world: SceneConfig,
+    advance: Callable[[int], None] = lambda n: None,
 ) -> tuple[FeatureSpec, np.ndarray, np.ndarray, np.ndarray, float]:
     """(spec, features [N, 3C], targets [N, 2], mel inputs of the test split, the strongest
     receiver level in dB re full scale: the service's envelope of trained levels)."""
@@ -111,6 +116,7 @@ def _dataset(
         targets.append(np.stack([scenes.tx_latitude, scenes.tx_longitude], axis=1))
         if start + n > test_start:
             test_inputs.append(mel[max(0, test_start - start) :])
+        advance(n)
     assert spec is not None
     return (
         spec,
@@ -199,11 +205,15 @@ def train_demo_model(
     world: SceneConfig | None = None,
     base_spec: FeatureSpec | None = None,
 ) -> TrainedDemo:
-    cfg = cfg or TrainConfig()
-    world = world or SceneConfig()
-    base = base_spec or FeatureSpec()
+    # a bar per step on a terminal: a first `make serve` trains for about a minute
+    with steps() as job:
+        return _train(cfg or TrainConfig(), world or SceneConfig(), base_spec or FeatureSpec(), job)
+
+
+def _train(cfg: TrainConfig, world: SceneConfig, base: FeatureSpec, job: Steps) -> TrainedDemo:
     started = time.perf_counter()
-    spec, feats, targets, test_mel, loudest_db = _dataset(cfg, base, world)
+    with job.step("synthetic scenes -> features", total=cfg.n_scenes) as advance:
+        spec, feats, targets, test_mel, loudest_db = _dataset(cfg, base, world, advance)
     n = feats.shape[0]
     n_test = test_mel.shape[0]
     n_unc = int(round(n * cfg.uncertainty_fraction))
@@ -225,7 +235,8 @@ def train_demo_model(
         n_iter_no_change=20,
         random_state=cfg.seed % (2**31),
     )
-    mlp.fit(x[fit], y[fit])
+    with job.step("fitting the position MLP"):
+        mlp.fit(x[fit], y[fit])
     pred_unc = mlp.predict(x[unc])
 
     z_raw = _head_inputs(x[unc], pred_unc)
@@ -235,14 +246,15 @@ def train_demo_model(
     d = z.shape[1]
     start = np.zeros(3 * d + 3)
     start[3 * d : 3 * d + 2] = np.log(residual.std(0))
-    fit_result = minimize(
-        _nll_and_grad,
-        start,
-        args=(z, residual, cfg.l2),
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": 2000},
-    )
+    with job.step("fitting the uncertainty head"):
+        fit_result = minimize(
+            _nll_and_grad,
+            start,
+            args=(z, residual, cfg.l2),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 2000},
+        )
     head_w = fit_result.x[: 3 * d].reshape(d, 3)
     head_b = fit_result.x[3 * d :]
     d2 = _mahalanobis_sq(z @ head_w + head_b, residual)
@@ -267,9 +279,10 @@ def train_demo_model(
     )
     model = localization_model(spec, weights)
 
-    positions, uncertainties = _session(model).run(None, {INPUT_NAME: test_mel})
-    truth = targets[test]
-    errors = geodesic_errors_m(positions, truth)
+    with job.step("evaluating on the held-out scenes"):
+        positions, uncertainties = _session(model).run(None, {INPUT_NAME: test_mel})
+        truth = targets[test]
+        errors = geodesic_errors_m(positions, truth)
     centroid = np.broadcast_to(t_mean, truth.shape)
     metrics = {
         "accuracy_meters": float(np.median(errors)),

@@ -710,3 +710,29 @@ def test_workers_run_uvicorns_c_http_parser_and_libuv_loop(server: Server) -> No
     for worker in workers:  # their compiled modules are mapped into each worker
         paths = " ".join(m.path for m in worker.memory_maps())
         assert "httptools" in paths and "uvloop" in paths
+
+
+def test_start_message_says_where_to_go_and_its_examples_run(server: Server) -> None:
+    """Once ready, one worker (not every worker) logs the pages and requests to paste; each
+    pasted request answers."""
+    import subprocess
+
+    from utils.config import PROJECT_ROOT
+
+    log = server.log()
+    assert log.count("answers at http://") == 1, log[-3000:]
+    block = log[log.index("answers at http://") :].splitlines()
+    assert block[0].endswith(server.url), block[0]
+    for page in ("/", "/map/", "/metrics", "/model/info"):
+        url = next(line.split()[-1] for line in block[1:6] if line.split()[-1].endswith(page))
+        assert httpx.get(url, timeout=10, follow_redirects=True).status_code == 200, url
+    commands = [line.strip() for line in block[block.index("  try:") + 1 :][:2]]
+    assert commands[0].startswith("curl ") and "/ellipse" in commands[0]
+    assert "scripts.sample_request" in commands[1] and "/predict" in commands[1]
+    answers = [
+        subprocess.run(c, shell=True, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+        for c in commands
+    ]
+    ellipse, prediction = (json.loads(a.stdout) for a in answers)
+    assert ellipse["semi_major_m"] > ellipse["semi_minor_m"] > 0, ellipse
+    assert set(prediction["position"]) >= {"latitude", "longitude"}, prediction
