@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from utils.api.schemas import ModelInfo, WorkerModel
+from utils.api.schemas import ModelInfo, RuntimeInfo, WorkerModel
 from utils.model.served import ServedModel
 from utils.serving import metrics
 from utils.serving.model_control import WorkerStatus
@@ -44,5 +44,10 @@ def describe(served: ServedModel, workers: list[WorkerStatus], workers_agree: bo
         avg_latency_ms=avg_ms,
         cache_hit_rate=hit_rate,
         warnings=list(runtime.warnings),
+        runtime=RuntimeInfo(
+            providers=list(runtime.providers),
+            intra_op_threads=runtime.intra_op_threads,
+            inter_op_threads=runtime.inter_op_threads,
+        ),
         fix_envelope=dataclasses.asdict(runtime.envelope),
     )

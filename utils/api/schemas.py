@@ -175,6 +175,17 @@ class WorkerModel(BaseModel):
     )
 
 
+class RuntimeInfo(BaseModel):
+    """The answering worker's ONNX Runtime session, as it runs (docs/api.md §2.4)."""
+
+    providers: list[str] = Field(
+        description="execution providers of the session in priority order: ORT_PROVIDERS "
+        "without those this onnxruntime build lacks, CPUExecutionProvider last"
+    )
+    intra_op_threads: int = Field(description="read back from the session (ORT_INTRA_OP_THREADS)")
+    inter_op_threads: int = Field(description="read back from the session (ORT_INTER_OP_THREADS)")
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -198,6 +209,7 @@ class ModelInfo(BaseModel):
     avg_latency_ms: float | None
     cache_hit_rate: float | None
     warnings: list[str]
+    runtime: RuntimeInfo = Field(description="the answering worker's ONNX Runtime session")
     fix_envelope: dict[str, Any] = Field(
         description="what a prediction must stay within to be a fix (`quality`): region, "
         "largest 1-sigma axis, strongest level, receivers that must hear a signal; "
@@ -251,6 +263,7 @@ API_MODELS: list[type[BaseModel]] = [
     Ellipse,
     ModelInfo,
     WorkerModel,
+    RuntimeInfo,
     ReloadRequest,
     ReloadResponse,
     SampleSceneRequest,

@@ -165,6 +165,10 @@ class ModelRuntime:
                 f"onnxruntime cannot load {model_path}: {str(exc).splitlines()[0][:300]}"
             ) from exc
         self.providers = self.session.get_providers()
+        # what the session runs with, read back from it (`/model/info` -> `runtime`)
+        effective = self.session.get_session_options()
+        self.intra_op_threads = int(effective.intra_op_num_threads)
+        self.inter_op_threads = int(effective.inter_op_num_threads)
         outputs = {o.name for o in self.session.get_outputs()}
         self.has_confidence = CONFIDENCE in outputs
         self.output_names = [POSITIONS, UNCERTAINTIES] + (
