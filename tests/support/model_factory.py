@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,21 @@ def toy_model(
     channels: int = 5,
     positions_name: str = "positions",
     nan_below_level: float | None = None,
+    uncertainty_bias: Sequence[float] | None = None,
+    confidence: float | None = None,
 ) -> onnx.ModelProto:
     """Mean level per channel -> a linear position; constant sigmas (a valid toy otherwise).
 
     `nan_below_level`: a broken model whose sigmas turn NaN when the mean input level is below
     it (silence reads -200 under the default spec, real scenes about -60): it passes the
     import's smoke inference on realistic scenes and fails on silence.
+
+    `uncertainty_bias`: the constant `uncertainties` row (sigma lat, sigma lon[, rho]) instead
+    of the default one, e.g. a rho of 1.5 for a model the contract must refuse.
+    `confidence`: add an output `confidence` `[batch]` holding this constant.
     """
+    if uncertainty_bias is not None:
+        assert len(uncertainty_bias) == uncertainty_width, "one bias per uncertainty column"
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
@@ -34,7 +43,13 @@ def toy_model(
         numpy_helper.from_array(np.array([45.0, 8.0], np.float32), "b"),
         numpy_helper.from_array(np.zeros((channels, uncertainty_width), np.float32), "Wu"),
         numpy_helper.from_array(
-            np.array([0.1, 0.2, 0.1, 0.1][:uncertainty_width], np.float32), "bu"
+            np.array(
+                [0.1, 0.2, 0.1, 0.1][:uncertainty_width]
+                if uncertainty_bias is None
+                else uncertainty_bias,
+                np.float32,
+            ),
+            "bu",
         ),
     ]
     nodes = [
@@ -59,6 +74,21 @@ def toy_model(
             helper.make_node("Mul", ["root", "zero"], ["poison"]),  # 0, or NaN
             helper.make_node("Add", ["u1", "poison"], ["uncertainties"]),
         ]
+    extra_outputs = []
+    if confidence is not None:
+        inits += [
+            numpy_helper.from_array(np.array([1], np.int64), "confidence_axis"),
+            numpy_helper.from_array(np.array([0.0], np.float32), "confidence_zero"),
+            numpy_helper.from_array(np.array([confidence], np.float32), "confidence_value"),
+        ]
+        nodes += [
+            helper.make_node("ReduceMean", ["level", "confidence_axis"], ["c0"], keepdims=0),
+            helper.make_node("Mul", ["c0", "confidence_zero"], ["c1"]),
+            helper.make_node("Add", ["c1", "confidence_value"], ["confidence"]),
+        ]
+        extra_outputs.append(
+            helper.make_tensor_value_info("confidence", TensorProto.FLOAT, ["batch"])
+        )
     graph = helper.make_graph(
         nodes,
         "toy",
@@ -72,6 +102,7 @@ def toy_model(
             helper.make_tensor_value_info(
                 "uncertainties", TensorProto.FLOAT, ["batch", uncertainty_width]
             ),
+            *extra_outputs,
         ],
         inits,
     )
