@@ -159,7 +159,8 @@ class Localization:
 
     @bentoml.api(
         batchable=True,
-        max_batch_size=settings.batch_max_size,
+        # BentoML's dispatcher refuses 1; BATCH_MAX_SIZE=1 still holds the greedy batcher to 1
+        max_batch_size=max(2, settings.batch_max_size),
         max_latency_ms=settings.batch_max_latency_ms,
     )
     def infer(self, captures: list[str]) -> list[dict[str, Any]]:

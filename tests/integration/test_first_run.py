@@ -29,13 +29,15 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SCENES = "600"
 
 
-def _in_terminal(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+def _in_terminal(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300
+) -> tuple[int, str]:
     """Run `args` with stdin/stdout/stderr on a pseudo-terminal; (exit code, what it drew)."""
     main, child = pty.openpty()
     # a window of a real size: a fresh pseudo-terminal is 0 x 0, and bars drawn to fit it vanish
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     proc = subprocess.Popen(
-        args, cwd=PROJECT_ROOT, env=env, stdin=child, stdout=child, stderr=child, close_fds=True
+        args, cwd=cwd, env=env, stdin=child, stdout=child, stderr=child, close_fds=True
     )
     os.close(child)
     out = bytearray()
@@ -64,6 +66,7 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
         "COLUMNS": "120",
         "BENTOML_HOME": str(tmp / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "1",
+        "PYTHONPATH": str(PROJECT_ROOT),  # run from a scratch folder, never the checkout
         **extra,
     }
 
@@ -75,7 +78,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, st
     tmp = tmp_path_factory.mktemp("first-run")
     with mlflow_server(tmp) as uri:
         args = [sys.executable, "-m", "demo.bootstrap", "--tracking-uri", uri, "--scenes", SCENES]
-        code, drawn = _in_terminal(args, _env(tmp))
+        code, drawn = _in_terminal(args, tmp, _env(tmp))
         assert code == 0, drawn[-3000:]
         yield tmp, uri, drawn
 
@@ -99,7 +102,7 @@ def test_training_logs_plain_lines_without_a_terminal(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     done = subprocess.run(
         [sys.executable, "-m", "demo.bootstrap", "--tracking-uri", uri, "--scenes", SCENES],
-        cwd=PROJECT_ROOT,
+        cwd=tmp_path,  # MLflow puts a SQLite registry's artifacts under ./mlruns
         env=_env(tmp_path),
         capture_output=True,
         text=True,
@@ -114,7 +117,7 @@ def test_training_logs_plain_lines_without_a_terminal(tmp_path: Path) -> None:
 
 def test_import_shows_download_progress_on_a_terminal(trained: tuple[Path, str, str]) -> None:
     tmp, uri, _ = trained
-    args = [sys.executable, "import_model.py", "--tracking-uri", uri]
-    code, drawn = _in_terminal(args, _env(tmp))
+    args = [sys.executable, str(PROJECT_ROOT / "import_model.py"), "--tracking-uri", uri]
+    code, drawn = _in_terminal(args, tmp, _env(tmp))
     assert code == 0, drawn[-3000:]
     assert "Downloading artifacts" in drawn, drawn[-3000:]

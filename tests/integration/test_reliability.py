@@ -541,4 +541,5 @@ def test_short_soak_has_no_errors_and_bounded_memory(
     )
     assert result["locust_exit_code"] == 0 and result["requests"] > 100
     assert result["failures"] == 0
-    assert result["rss_growth_after_warmup_mb"] < 150
+    # measured -6 to +23 MB: a leak of a kilobyte per request (1300+ requests) would show
+    assert result["rss_growth_after_warmup_mb"] < 50
