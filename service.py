@@ -50,8 +50,10 @@ from utils.asgi.api_page import APIPage  # noqa: E402
 from utils.asgi.arrival_count import ArrivalCount  # noqa: E402
 from utils.asgi.body_deadline import BodyDeadline  # noqa: E402
 from utils.asgi.body_size_limit import BodySizeLimit  # noqa: E402
+from utils.asgi.client_gone import ClientGone  # noqa: E402
 from utils.asgi.error_shape import ErrorShape  # noqa: E402
 from utils.asgi.get_as_post import GetAsPost  # noqa: E402
+from utils.asgi.internal_route import InternalRoutes, internal_call  # noqa: E402
 from utils.asgi.iq_fast_path import IQFastPath  # noqa: E402
 from utils.asgi.json_only import JSONOnly  # noqa: E402
 from utils.asgi.map_page import map_page  # noqa: E402
@@ -107,7 +109,10 @@ class Localization:
             CONTROL, model_store.from_bento(self.model), resolve, self._load
         )
         self.pipeline = Pipeline.build(
-            served, settings, lambda texts: self.to_async.infer(texts), arrivals=ARRIVALS
+            served,
+            settings,
+            lambda texts: internal_call(self.to_async.infer, texts),
+            arrivals=ARRIVALS,
         )
         self.reloader = ModelReloader(
             self.pipeline,
@@ -241,8 +246,12 @@ class Localization:
         return reload_response(outcome)
 
 
-# the first added is the outermost: every answer below passes through ErrorShape
+# the first added is the outermost: every answer below passes through ErrorShape; ClientGone,
+# outside it, turns a client gone before its answer into 499 and one INFO line, not a 500
+Localization.add_asgi_middleware(ClientGone)
 Localization.add_asgi_middleware(ErrorShape)
+# /infer: the service's own calls (BATCH_DISPATCH=proxy) and operators (ADMIN_TOKEN) only
+Localization.add_asgi_middleware(InternalRoutes, paths=("/infer",), token=settings.admin_token)
 Localization.add_asgi_middleware(
     BodySizeLimit, limits=BODY_LIMITS, max_json_values=settings.max_json_values
 )

@@ -16,6 +16,8 @@ import sys
 
 import psutil
 
+from utils.serving.log_filters import MULTILINE
+
 #: Wildcard binds are reachable from this machine as localhost.
 _WILDCARDS = {"0.0.0.0", "::", ""}
 
@@ -85,4 +87,5 @@ def log_start(log: logging.Logger, model_tag: str) -> None:
     except (ImportError, ValueError):
         runnable = False
     python = sys.executable if runnable else None
-    log.info("%s", start_message(base_url(*address), model_tag, python))
+    # several lines on purpose: the log filter escapes every other line feed
+    log.info("%s", start_message(base_url(*address), model_tag, python), extra=MULTILINE)

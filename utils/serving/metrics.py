@@ -60,6 +60,12 @@ OVERLOADED = Counter(
     f"{PREFIX}_overloaded",
     "Requests refused with 503 because their expected queue wait exceeded the wait budget",
 )
+CLIENT_DISCONNECTS = Counter(
+    f"{PREFIX}_client_disconnects",
+    "Requests whose client went away before the answer (access log status 499, not a server "
+    "error), by phase: body (while sending it) or response (body sent, answer not yet)",
+    ["phase"],
+)
 MODEL_INFERENCES = Counter(f"{PREFIX}_model_inferences", "Samples run through the model")
 ERRORS = Counter(f"{PREFIX}_errors", "Rejected or failed requests, by type", ["type"])
 IQ_FAST_PATH = Counter(
