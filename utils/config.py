@@ -76,7 +76,14 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(default=3600, gt=0)
     cache_max_entries: int = Field(default=10_000, gt=0)
     cache_key_prefix: str = Field(default="rfloc")
-    redis_timeout_ms: int = Field(default=100, gt=0)
+    redis_timeout_ms: int = Field(
+        default=100,
+        gt=0,
+        description="How long a request waits for Redis, in the worker's responsive event-loop "
+        "time (a CPU-starved loop's late reads do not count; 5x of wall time at most), before "
+        "it goes on uncached; a failure needs no answer in max(1 s, 10x) or two late calls in a "
+        "row (README, Cache and metrics).",
+    )
 
     # --- batching and inference -----------------------------------------------------------
     batch_dispatch: Literal["greedy", "cork", "proxy"] = Field(

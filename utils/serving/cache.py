@@ -1,11 +1,41 @@
 """Prediction cache: Redis when `REDIS_URL` is set, else a bounded in-process LRU.
 
 Fail-open by design: a cache is an optimisation, so Redis being down, slow or returning
-garbage must never fail or stall a prediction. Every Redis call has short connect/socket
-timeouts, one retry without backoff, and a hard `asyncio.wait_for` deadline; after a failure
-the cache steps aside for `cooldown_s` (a small circuit breaker) so an outage costs one
-timeout per worker per cool-down, not one per request. Errors are counted in Prometheus and
-logged at most once per `log_every_s`.
+garbage must never fail or stall a prediction: whatever goes wrong is served uncached.
+
+A circuit breaker per worker (one `RedisCache` per worker process and event loop) keeps an
+outage to about one counted failure (`rfloc_cache_errors_total{op}`) per worker per second,
+whatever the concurrency, and keeps requests from waiting on Redis more than once:
+
+- closed: calls go to Redis.
+- A call not answered within `timeout_s` (`REDIS_TIMEOUT_MS`) is *late*: its request goes on
+  uncached, and so do the other calls in flight, given up at once (they wait on the same Redis).
+  The late call runs on alone, every other call skipping Redis, until it ends:
+  - no answer within `limit_s` (1 s, or 10 x `timeout_s` if longer), or an error: a failure;
+  - answered late while the previous call to end was late as well: a failure (Redis is slow);
+  - answered late after calls answered in time: a hiccup, not counted; closed again.
+- A failure (also any error of a call answered in time) is counted once and logged at most
+  once per `log_every_s`; every call in flight is given up uncounted and the breaker opens:
+  calls skip Redis for `cooldown_s`.
+- Then half-open: the next call is the one probe sent to Redis, the others still skip it; the
+  probe answered in time closes the breaker, otherwise it is judged as above.
+
+Why a late answer is forgiven once, and why "in time" is measured on the loop's own clock: on a
+saturated CPU (measured on 2 cores: 32 clients and a busy process per core), a healthy Redis
+answered 64 of about 1400 calls after more than 100 ms and the slowest after 360 ms, because
+Redis and the workers are both starved. redis-py's socket timeouts counted those as failures
+(5 `set` timeouts per 20 s at `REDIS_TIMEOUT_MS=100`). Here the request still waits no more
+than `timeout_s`, but a failure needs an answer that never comes within `limit_s` (sized for a
+saturated machine, with 3x headroom over that slowest answer) or lateness that persists; an
+isolated late answer only makes the cache step aside until it arrives.
+
+`timeout_s` itself counts only the time the worker's event loop was listening: a loop starved
+by a saturated CPU or a long callback reads late what Redis sent on time. Each call is watched
+by a ticker of period `timeout_s / 4` on the loop; a tick that fires at most half a period late
+credits a period, a later one nothing (the answer may be sitting unread in the socket). A call
+is late once credited `timeout_s`, or after `5 x timeout_s` of wall time when the loop is too
+starved to credit any; both deadlines are confirmed by a few loop turns that read whatever had
+arrived. redis-py's own timeouts sit above `limit_s`, as a backstop.
 
 Keys (docs/api.md §6): a digest of the model's sha256, the options that change the answer and the
 canonical capture bytes, so a newly imported model never sees an older model's answers.
@@ -21,7 +51,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from utils.serving import metrics
@@ -108,8 +138,78 @@ class LRUCache:
             self._data.popitem(last=False)
 
 
+#: Ticks of the responsive-loop clock per timeout, and loop turns that confirm a deadline.
+TICKS_PER_TIMEOUT = 4
+CONFIRM_TURNS = 5
+
+
+class _Deadline:
+    """The two deadlines of one Redis call (module docstring): `on_late()` once it has waited
+    `timeout_s` of responsive event-loop time (or `late_cap_s` of wall time, whichever comes
+    first), then `on_limit()` at `limit_s` of wall time. Each is confirmed by a few loop turns,
+    each of which polls the sockets, so an answer that had arrived is read first."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout_s: float,
+        late_cap_s: float,
+        limit_s: float,
+        on_late: Callable[[], None],
+        on_limit: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self.timeout_s, self.late_cap_s, self.limit_s = timeout_s, late_cap_s, limit_s
+        self.on_late, self.on_limit = on_late, on_limit
+        self.period = timeout_s / TICKS_PER_TIMEOUT
+        self.started = loop.time()
+        self.credited = 0.0
+        self.due = self.started + self.period
+        self.handle: asyncio.Handle = loop.call_at(self.due, self._tick)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        if now - self.due <= self.period / 2:  # the loop was listening: Redis's time
+            self.credited += self.period
+        if self.credited >= self.timeout_s * (1 - 1e-9) or now - self.started >= self.late_cap_s:
+            self.handle = self.loop.call_soon(self._confirm, CONFIRM_TURNS, self._late)
+        else:
+            self.due = now + self.period
+            self.handle = self.loop.call_at(self.due, self._tick)
+
+    def _late(self) -> None:
+        self.handle = self.loop.call_at(self.started + self.limit_s, self._limit)
+        self.on_late()
+
+    def _limit(self) -> None:
+        self.handle = self.loop.call_soon(self._confirm, CONFIRM_TURNS, self.on_limit)
+
+    def _confirm(self, turns: int, then: Callable[[], None]) -> None:
+        if turns > 0:
+            self.handle = self.loop.call_soon(self._confirm, turns - 1, then)
+        else:
+            then()
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+class _Call:
+    """One Redis call: its task, its request's wait and how it ended."""
+
+    __slots__ = ("op", "probe", "task", "released", "late", "dropped", "deadline")
+
+    def __init__(self, op: str, probe: bool, released: asyncio.Future[tuple[bool, Any]]) -> None:
+        self.op, self.probe, self.released = op, probe, released
+        self.late = False  # its request was released without an answer; it runs on
+        self.dropped = False  # abandoned or expired: its end means nothing any more
+        self.task: asyncio.Task[Any]
+        self.deadline: _Deadline
+
+
 class RedisCache:
-    """redis-py asyncio client over one blocking connection pool per worker process."""
+    """redis-py asyncio client over one blocking connection pool per worker process, behind
+    the circuit breaker of the module docstring."""
 
     backend = "redis"
 
@@ -121,15 +221,22 @@ class RedisCache:
         max_connections: int = 32,
         cooldown_s: float = 1.0,
         log_every_s: float = 30.0,
+        limit_s: float | None = None,
     ) -> None:
         self.url = url
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
+        self.late_cap_s = 5 * timeout_s
+        self.limit_s = limit_s if limit_s is not None else max(1.0, 10 * timeout_s)
         self.max_connections = max_connections
         self.cooldown_s = cooldown_s
         self.log_every_s = log_every_s
         self._client: Any = None
-        self._open_until = 0.0
+        self._open_until = 0.0  # 0: closed; else open until then, half-open after
+        self._probing = False  # half-open: the one probe is in flight
+        self._late: _Call | None = None  # a late call runs on: every other call skips Redis
+        self._late_before = False  # the last call to end was late (answered or not)
+        self._inflight: set[_Call] = set()
         self._last_log = 0.0
         self._suppressed = 0
 
@@ -139,18 +246,22 @@ class RedisCache:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
+        # one retry for a connection Redis closed (a restart); redis-py's timeouts are only a
+        # backstop above `limit_s`: the calls' deadlines are ours (`_Deadline`)
+        backstop = self.limit_s + self.timeout_s
         retry = Retry(NoBackoff(), 1)
         pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=self.max_connections,
-            timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s,
-            socket_timeout=self.timeout_s,
+            timeout=backstop,
+            socket_connect_timeout=backstop,
+            socket_timeout=backstop,
             retry=retry,
         )
         self._client = Redis(connection_pool=pool, retry=retry)
 
     async def close(self) -> None:
+        self._abandon_all()
         if self._client is not None:
             try:
                 await self._client.aclose()
@@ -158,12 +269,54 @@ class RedisCache:
                 pass
             self._client = None
 
-    def _available(self) -> bool:
-        return self._client is not None and time.monotonic() >= self._open_until
+    @property
+    def state(self) -> str:
+        """`closed`, `late` (a late call runs on), `open` or `half-open` (tests and logs)."""
+        if self._late is not None:
+            return "late"
+        if not self._open_until:
+            return "closed"
+        return "open" if time.monotonic() < self._open_until else "half-open"
 
-    def _failed(self, op: str, exc: BaseException) -> None:
-        metrics.CACHE_ERRORS.labels(op).inc()
+    # --- the breaker ------------------------------------------------------------------------
+    def _admit(self) -> bool | None:
+        """None: skip Redis; False: a call of a closed breaker; True: the half-open probe."""
+        if self._client is None or self._late is not None:
+            return None
+        if not self._open_until:
+            return False
+        if self._probing or time.monotonic() < self._open_until:
+            return None
+        self._probing = True
+        return True
+
+    def _release(self, call: _Call, answer: tuple[bool, Any]) -> None:
+        """Let the call's request go on, with Redis's answer or without one."""
+        if call.probe:
+            self._probing = False
+        if not call.released.done():
+            call.released.set_result(answer)
+
+    def _drop(self, call: _Call) -> None:
+        call.dropped = True
+        call.deadline.cancel()
+        self._inflight.discard(call)
+        self._release(call, (False, None))
+        call.task.cancel()
+
+    def _abandon_all(self, keep: _Call | None = None) -> None:
+        """Every call in flight but `keep` is given up: they wait on the same Redis."""
+        for call in list(self._inflight):
+            if call is not keep:
+                self._drop(call)
+
+    def _failure(self, op: str, exc: BaseException) -> None:
+        """Counted once: the breaker opens for `cooldown_s`, every call in flight is dropped."""
+        self._late = None
+        self._late_before = True
         self._open_until = time.monotonic() + self.cooldown_s
+        self._abandon_all()
+        metrics.CACHE_ERRORS.labels(op).inc()
         now = time.monotonic()
         if now - self._last_log >= self.log_every_s:
             extra = f" ({self._suppressed} similar errors not logged)" if self._suppressed else ""
@@ -179,28 +332,89 @@ class RedisCache:
         else:
             self._suppressed += 1
 
-    async def _bounded(self, op: str, coro: Any) -> Any:
+    def _on_late(self, call: _Call) -> None:
+        """No answer in `timeout_s`: its request goes on uncached, so do the others in flight,
+        and the call runs on alone (the others skip Redis) until it ends or `limit_s`."""
+        if call.dropped or call.task.done():
+            return
+        call.late = True
+        self._late = call
+        self._abandon_all(keep=call)
+        self._release(call, (False, None))
+
+    def _on_limit(self, call: _Call) -> None:
+        if call.dropped or call.task.done():
+            return
+        self._drop(call)
+        self._failure(call.op, TimeoutError(f"no answer in {self.limit_s:.1f} s"))
+
+    def _ended(self, call: _Call) -> None:
+        """The call's task is done (done callback)."""
+        task = call.task
+        error = None if task.cancelled() else task.exception()  # also marks it retrieved
+        if call.dropped:
+            return
+        call.deadline.cancel()
+        self._inflight.discard(call)
+        if error is not None:
+            self._failure(call.op, error)
+            self._release(call, (False, None))
+        elif not call.late:  # answered in time
+            self._late_before = False
+            if call.probe:
+                self._open_until = 0.0  # closed again
+            self._release(call, (True, task.result()))
+        elif self._late_before:  # late again: Redis is slow, not just a hiccup
+            self._failure(call.op, TimeoutError(f"late twice in a row (> {self.timeout_s} s)"))
+        else:  # an isolated late answer: a hiccup (a saturated CPU starves Redis too)
+            self._late = None
+            self._late_before = True
+            self._open_until = 0.0
+
+    async def _call(self, op: str, fn: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+        """(True, result), or (False, None) when Redis was skipped, failed or was late."""
+        probe = self._admit()
+        if probe is None:
+            return False, None
+        loop = asyncio.get_running_loop()
+        call = _Call(op, probe, loop.create_future())
+        call.task = loop.create_task(fn())
+        call.deadline = _Deadline(
+            loop,
+            self.timeout_s,
+            self.late_cap_s,
+            self.limit_s,
+            on_late=lambda: self._on_late(call),
+            on_limit=lambda: self._on_limit(call),
+        )
+        call.task.add_done_callback(lambda _: self._ended(call))
+        self._inflight.add(call)
         try:
-            return await asyncio.wait_for(coro, timeout=3 * self.timeout_s)
-        except Exception as exc:  # noqa: BLE001 - fail open on any client error
-            self._failed(op, exc)
-            return None
+            return await asyncio.shield(call.released)
+        except asyncio.CancelledError:  # the request went away: so does its call, uncounted
+            if not call.released.done():
+                self._drop(call)
+            raise
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        if not keys or not self._available():
-            return [None] * len(keys)
-        values = await self._bounded("get", self._client.mget(list(keys)))
-        if values is None or len(values) != len(keys):
+        if not keys:
+            return []
+        ok, values = await self._call("get", lambda: self._client.mget(list(keys)))
+        if not ok or not isinstance(values, list) or len(values) != len(keys):
             return [None] * len(keys)
         return [v if isinstance(v, bytes | type(None)) else None for v in values]
 
     async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        if not items or not self._available():
+        if not items:
             return
-        pipe = self._client.pipeline(transaction=False)
-        for key, value in items:
-            pipe.set(key, value, ex=self.ttl_s)
-        await self._bounded("set", pipe.execute())
+
+        async def write() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for key, value in items:
+                pipe.set(key, value, ex=self.ttl_s)
+            await pipe.execute()
+
+        await self._call("set", write)
 
 
 def make_cache(
