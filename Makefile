@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: benchmark-oversized benchmark-reload image lock serve test lint bootstrap import bento container-test replicas-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
+.PHONY: benchmark-memory benchmark-oversized benchmark-reload image lock serve test lint bootstrap import bento container-test replicas-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -120,6 +120,13 @@ benchmark-reload: import install-test
 # 16 concurrent 60 MB /predict bodies against the old single body budget and the per-route one.
 benchmark-oversized: import install-test
 	$(PY) -m benchmarks.oversized
+
+# 32 concurrent maximum-size bodies of each kind, without and with the in-flight body budget
+# (MAX_INFLIGHT_BYTES); then throughput after kill -9 of one worker under 16 keep-alive
+# clients, without and with the keep-alive bound (CONNECTION_MAX_AGE_S, CONNECTION_MAX_REQUESTS).
+benchmark-memory: import install-test
+	$(PY) -m benchmarks.memory
+	$(PY) -m benchmarks.rebalance
 
 # Soak: locust at moderate load for SOAK_SECONDS, errors and RSS over time.
 SOAK_SECONDS ?= 600

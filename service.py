@@ -53,9 +53,11 @@ from utils.asgi.body_size_limit import BodySizeLimit  # noqa: E402
 from utils.asgi.client_gone import ClientGone  # noqa: E402
 from utils.asgi.error_shape import ErrorShape  # noqa: E402
 from utils.asgi.get_as_post import GetAsPost  # noqa: E402
+from utils.asgi.inflight_budget import InflightBudget  # noqa: E402
 from utils.asgi.internal_route import InternalRoutes, internal_call  # noqa: E402
 from utils.asgi.iq_fast_path import IQFastPath  # noqa: E402
 from utils.asgi.json_only import JSONOnly  # noqa: E402
+from utils.asgi.keepalive_bound import KeepAliveBound  # noqa: E402
 from utils.asgi.map_page import map_page  # noqa: E402
 from utils.asgi.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
 from utils.config import get_settings  # noqa: E402
@@ -249,11 +251,21 @@ class Localization:
 # the first added is the outermost: every answer below passes through ErrorShape; ClientGone,
 # outside it, turns a client gone before its answer into 499 and one INFO line, not a 500
 Localization.add_asgi_middleware(ClientGone)
+# a keep-alive connection's term ends with `Connection: close`: a restarted worker gets clients
+Localization.add_asgi_middleware(
+    KeepAliveBound,
+    max_requests=settings.connection_max_requests,
+    max_age_s=settings.connection_max_age_s,
+)
 Localization.add_asgi_middleware(ErrorShape)
 # /infer: the service's own calls (BATCH_DISPATCH=proxy) and operators (ADMIN_TOKEN) only
 Localization.add_asgi_middleware(InternalRoutes, paths=("/infer",), token=settings.admin_token)
 Localization.add_asgi_middleware(
     BodySizeLimit, limits=BODY_LIMITS, max_json_values=settings.max_json_values
+)
+# per worker: bodies held at once (503 + Retry-After beyond); /infer carries a predict's copy
+Localization.add_asgi_middleware(
+    InflightBudget, max_bytes=settings.max_inflight_bytes, exempt=("/infer",)
 )
 Localization.add_asgi_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)
 Localization.add_asgi_middleware(

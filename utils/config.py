@@ -157,6 +157,28 @@ class Settings(BaseSettings):
         description="Most JSON numbers in one body (iq_data costs ~100 B of memory each).",
     )
 
+    # --- memory and connections (README, "Memory and connections") -----------------------
+    max_inflight_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=0,
+        description="Request body bytes one worker holds at once (declared Content-Length, "
+        "or as received when chunked); a request beyond it is answered 503 + Retry-After "
+        "with its body unread. A request alone is always admitted. 0: off.",
+    )
+    connection_max_requests: int = Field(
+        default=1000,
+        ge=0,
+        description="Requests served on one keep-alive connection before its response says "
+        "`Connection: close`. 0: unbounded.",
+    )
+    connection_max_age_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="Age of a keep-alive connection after which its next response says "
+        "`Connection: close`, so clients reconnect and a restarted worker takes its share. "
+        "0: unbounded.",
+    )
+
     @field_validator(
         "model_stage",
         "model_alias",

@@ -64,6 +64,8 @@ class IQFastPath:
                 return
             tail = chunk[-32:]
         body = b"".join(chunks)
+        # the chunks are a second copy of the body: not kept alive while the request runs
+        del chunks
         if key in body:
             # On the event loop, as BentoML's own body parse (which took twice as long) was.
             parsed = None
@@ -83,7 +85,10 @@ class IQFastPath:
             scope = _with_length(scope, len(body))
             if parsed is not None:
                 scope[SCOPE_KEY] = parsed
-        await self.app(scope, _prepend(body, receive, more_body=False), send)
+            del parsed  # the API method takes it from the scope; nothing here holds it on
+        replay = _prepend(body, receive, more_body=False)
+        del body  # `replay` lets go of it once BentoML has read it
+        await self.app(scope, replay, send)
 
     @staticmethod
     def _parse(body: bytes, field: str) -> tuple[bytes, ParsedIQ | None]:

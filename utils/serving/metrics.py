@@ -60,6 +60,11 @@ OVERLOADED = Counter(
     f"{PREFIX}_overloaded",
     "Requests refused with 503 because their expected queue wait exceeded the wait budget",
 )
+INFLIGHT_REFUSED = Counter(
+    f"{PREFIX}_inflight_refused",
+    "Requests refused with 503 because their body would exceed the worker's in-flight "
+    "body budget (MAX_INFLIGHT_BYTES)",
+)
 CLIENT_DISCONNECTS = Counter(
     f"{PREFIX}_client_disconnects",
     "Requests whose client went away before the answer (access log status 499, not a server "
