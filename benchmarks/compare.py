@@ -241,6 +241,21 @@ def bentoml_serve(
     return server([*args, "--host", "127.0.0.1"], f"http://127.0.0.1:{port}/readyz", env, log)
 
 
+def per_request_serve(
+    model_dir: Path, port: int, workers: int, log: Path
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """The per-request FastAPI + onnxruntime server (`benchmarks/baseline_model.py`, no
+    batching) on 127.0.0.1:`port`, ready once `/health` answers."""
+    args = [str(Path(sys.executable).with_name("uvicorn")), "benchmarks.baseline_model:app"]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    return server(
+        [*args, "--log-level", "warning"],
+        f"http://127.0.0.1:{port}/health",
+        {"BASELINE_MODEL_DIR": str(model_dir)},
+        log,
+    )
+
+
 def measure(
     name: str,
     encoding: str,
@@ -292,11 +307,13 @@ def run(
     policies: tuple[str, ...] = ("greedy",),
     encodings: tuple[str, ...] = ("iq_b64", "iq_data"),
     label: str = "",
+    ceiling_batches: list[int] | None = None,
 ) -> dict[str, Any]:
     """`policies`: BATCH_DISPATCH modes to serve this service with, one server each (the first
     is named "this service (BentoML)", the others "this service (<policy>)"). `label`: a model
     other than the demo (`benchmarks/big_model.py`); results go to `compare-<label>.*` and the
-    big-model targets apply."""
+    big-model targets apply. `ceiling_batches`: the batch sizes of the in-process ceiling
+    (default 1, 8, 32, 64 and every concurrency level)."""
     work = Path(tempfile.mkdtemp(prefix="rfloc-bench-"))
     home = work / "bentoml"
     model_dir = import_model_into(home, registry_uri)
@@ -311,9 +328,8 @@ def run(
     )
 
     print("in-process ceiling", flush=True)
-    rows += in_process_ceiling(
-        model_dir, b64, sorted(set([1, 8, 32, 64] + levels)), workers, ceiling_seconds
-    )
+    batches = sorted(set(ceiling_batches or [1, 8, 32, 64, *levels]))
+    rows += in_process_ceiling(model_dir, b64, batches, workers, ceiling_seconds)
     for r in rows:
         print(f"  batch {r['batch']:<3} {r['samples_per_s']:>8} samples/s", flush=True)
 
@@ -408,24 +424,7 @@ def run(
 
     if "fastapi" not in skip:
         port = free_port()
-        uvicorn_bin = str(Path(sys.executable).with_name("uvicorn"))
-        with server(
-            [
-                uvicorn_bin,
-                "benchmarks.baseline_model:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-                "--log-level",
-                "warning",
-            ],
-            f"http://127.0.0.1:{port}/health",
-            {"BASELINE_MODEL_DIR": str(model_dir)},
-            work / "fastapi.log",
-        ) as proc:
+        with per_request_serve(model_dir, port, workers, work / "fastapi.log") as proc:
             url = f"http://127.0.0.1:{port}/predict"
             bodies = {
                 "iq_data": [{"iq_data": p} for p in pairs],
@@ -627,6 +626,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-requests", type=int, default=100)
     parser.add_argument("--scenes", type=int, default=16)
     parser.add_argument("--ceiling-seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--ceiling-batches",
+        default="",
+        help="batch sizes of the in-process ceiling, comma list "
+        "(default: 1,8,32,64 and every concurrency level)",
+    )
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--skip", default="", help="comma list: mlflow,fastapi")
     parser.add_argument(
@@ -652,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         tuple(p for p in args.policies.split(",") if p),
         tuple(e for e in args.encodings.split(",") if e),
         args.label,
+        [int(x) for x in args.ceiling_batches.split(",") if x] or None,
     )
     return 0
 

@@ -10,6 +10,10 @@ host noise lands on every policy alike; it reports each round and the median ove
 ratios against CORK's medians (the batching issue's targets). Half the rounds run after a burst
 (c=64 `iq_b64` plus c=16 `iq_data` for `--burst-seconds`, every server in turn), so the tail is
 judged on servers that have seen load, too. Writes `steady.json` and `steady.md`.
+
+`per-request` among the policies is not this service: it is the per-request FastAPI +
+onnxruntime server of `benchmarks/compare.py` (no batching), so `--baseline per-request` puts
+batching's gain over it on the same interleaved footing.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from benchmarks.compare import (
     free_port,
     import_model_into,
     model_spec,
+    per_request_serve,
     policy_env,
     run_meta,
     write_results,
@@ -42,6 +47,8 @@ from utils.api.decoding import encode_capture
 from utils.dsp.synthetic import generate_scenes
 
 LEVELS = (32, 64)
+#: The pseudo-policy that serves the per-request baseline instead of this service.
+PER_REQUEST = "per-request"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -147,11 +154,17 @@ def run(
     with contextlib.ExitStack() as stack:
         urls = {}
         for policy in policies:
+            port = free_port()
+            urls[policy] = f"http://127.0.0.1:{port}/predict"
+            if policy == PER_REQUEST:
+                log = work / f"{policy}.log"
+                stack.enter_context(per_request_serve(model_dir, port, workers, log))
+                run_load(urls[policy], b64, 1, 20)
+                continue
             # one BentoML home per server: each keeps its own Prometheus multiprocess files
             home = work / f"home-{policy}"
             home.mkdir()
             (home / "models").symlink_to(work / "bentoml" / "models")
-            port = free_port()
             stack.enter_context(
                 bentoml_serve(
                     "service:Localization",
@@ -165,7 +178,6 @@ def run(
                     work / f"{policy}.log",
                 )
             )
-            urls[policy] = f"http://127.0.0.1:{port}/predict"
             run_load(urls[policy], b64, 1, 20)
         for index in range(rounds):
             state = "fresh" if index < (rounds + 1) // 2 else "after burst"
