@@ -69,7 +69,8 @@ def demo_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Se
 
 @pytest.fixture(scope="module")
 def home(demo_registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BentoML home of the module's own with the demo model imported (a real import run)."""
+    """A BentoML home of the module's own with the demo model imported: the session's first is
+    a real import_model.py run, the others copies of it (`import_demo_model`)."""
     from tests.support.serving import import_demo_model
 
     settings, _ = demo_registry

@@ -47,6 +47,8 @@ def test_compare_runs_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
         "2",
         "--ceiling-seconds",
         "0.2",
+        "--ceiling-batches",
+        "1,8",
         "--workers",
         "1",
         "--tracking-uri",
@@ -64,6 +66,8 @@ def test_compare_runs_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
         ("in-process ceiling", "iq_b64"),
     ):
         assert expected in servers
+    ceiling = [r["batch"] for r in data["rows"] if r["server"] == "in-process ceiling"]
+    assert ceiling == [1, 8]  # --ceiling-batches: only the sizes asked for
     served = [r for r in data["rows"] if r["server"] != "in-process ceiling"]
     assert all(r["errors"] == 0 and r["requests"] >= 4 and r["peak_rss_mb"] > 0 for r in served)
     # the kernel counts CPU in 10 ms ticks: a 4-request row may read 0, the whole run cannot
@@ -89,12 +93,13 @@ def test_compare_runs_on_the_backbone_sized_model(tmp_path: Path) -> None:
         *("--tracking-uri", uri, "--label", "resnet18", "--policies", "greedy,cork"),
         *("--encodings", "iq_b64", "--skip", "mlflow,fastapi", "--concurrency", "1,4"),
         *("--per-client", "2", "--min-requests", "4", "--scenes", "2", "--workers", "1"),
-        *("--ceiling-seconds", "0.1", "--out", str(tmp_path)),
+        *("--ceiling-seconds", "0.1", "--ceiling-batches", "1,4", "--out", str(tmp_path)),
     )
     data = json.loads((tmp_path / "compare-resnet18.json").read_text())
     assert data["meta"]["label"] == "resnet18" and data["meta"]["model"]
     servers = {r["server"] for r in data["rows"]}
     assert servers == {"in-process ceiling", "this service (BentoML)", "this service (cork)"}
+    assert [r["batch"] for r in data["rows"] if r["server"] == "in-process ceiling"] == [1, 4]
     assert all(r["errors"] == 0 for r in data["rows"] if "errors" in r)
     targets = {t["target"].split(" (")[0] for t in data["targets"]}
     assert "throughput / in-process batched ceiling" in targets

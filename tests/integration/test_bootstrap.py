@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from demo.bootstrap import bootstrap
+from demo.bootstrap import _experiment_id, bootstrap, production_version, register_onnx_model
+from tests.support.model_factory import toy_model
 from tests.support.registry import download_registered_model, make_settings
 from utils.config import PROJECT_ROOT
 from utils.dsp.feature_spec import FEATURE_SPEC_FILENAME, FeatureSpec
@@ -73,20 +74,31 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_cli_force_registers_and_promotes_a_new_version(tmp_path: Path) -> None:
+    """`--force` trains and promotes over a version in production. That version is a toy
+    registered as bootstrap registers its own (same experiment, stage and alias): training it
+    too would prove nothing more (the first bootstrap is tested above)."""
     settings = make_settings(tmp_path)
     uri = settings.tracking_uri
-    first = bootstrap(settings, n_scenes=1500)
-    assert first.created and first.version == "1"
+    client = _client(uri)
+    first, _ = register_onnx_model(
+        client,
+        _experiment_id(client, settings, uri),
+        settings.model_name,
+        toy_model(),
+        FeatureSpec(),
+    )
+    assert first == "1" and production_version(client, settings.model_name) == "1"
 
-    forced = _cli("--tracking-uri", uri, "--force", "--scenes", "1500")
+    forced = _cli("--tracking-uri", uri, "--force", "--scenes", "500")
     assert forced.returncode == 0, forced.stderr
     out = json.loads(forced.stdout.strip().splitlines()[-1])
     assert out["created"] is True and out["version"] == "2"
 
-    client = _client(uri)
     assert str(client.get_model_version_by_alias("localization_model", "production").version) == "2"
     assert client.get_model_version("localization_model", "1").current_stage == "Archived"
     assert client.get_model_version("localization_model", "2").current_stage == "Production"
+    trained = client.get_run(client.get_model_version("localization_model", "2").run_id)
+    assert trained.data.metrics["training_samples"] > 0  # a new training, not the toy again
 
     idle = _cli("--tracking-uri", uri)
     assert idle.returncode == 0, idle.stderr
