@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ import pytest
 import redis
 
 from tests.support.model_factory import register_onnx_model, toy_model
+from tests.support.redis_server import PrivateRedis, require_redis_server
 from tests.support.registry import make_settings
 from tests.support.serving import Server, free_port, import_demo_model, start_server
 from utils.api.decoding import encode_capture
@@ -294,59 +293,8 @@ def test_custom_metrics_with_two_workers(cached_server: Server) -> None:
     assert info["avg_latency_ms"] > 0
 
 
-# --- a private Redis we can kill -------------------------------------------------------------
-
-
-class PrivateRedis:
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port, self.workdir = port, workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=0.5)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, sig)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
 def test_redis_killed_mid_test_fails_open(home: Path, tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:  # CI has it: a silent skip would hide this path
-        if os.environ.get("RFLOC_ALLOW_SKIP_REDIS") == "1":
-            pytest.skip("no redis-server binary (RFLOC_ALLOW_SKIP_REDIS=1)")
-        pytest.fail(
-            "this test starts and kills a private redis-server: install it (Debian: "
-            "redis-server) or set RFLOC_ALLOW_SKIP_REDIS=1 to skip it knowingly"
-        )
+    require_redis_server()
     port = free_port()
     private = PrivateRedis(port, tmp_path)
     private.start()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,8 +19,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.test_cache import PrivateRedis, metric
-from tests.support.serving import Server, free_port, start_server
+from tests.integration.test_cache import metric
+from tests.support.redis_server import PrivateRedis
+from tests.support.redis_server import private_redis as start_private_redis
+from tests.support.serving import Server, start_server
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes
@@ -32,17 +33,8 @@ COOLDOWN_S = 1.0  # RedisCache's default cool-down
 
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:  # CI has it: a silent skip would hide the breaker
-        if os.environ.get("RFLOC_ALLOW_SKIP_REDIS") == "1":
-            pytest.skip("no redis-server binary (RFLOC_ALLOW_SKIP_REDIS=1)")
-        pytest.fail(
-            "these tests stall a private redis-server: install it (Debian: redis-server) or "
-            "set RFLOC_ALLOW_SKIP_REDIS=1 to skip them knowingly"
-        )
-    server = PrivateRedis(free_port(), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.kill()
+    with start_private_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from demo.bootstrap import bootstrap
+from tests.support.mlflow_server import mlflow_server as start_mlflow_server
 from tests.support.model_factory import experiment, register_files, register_onnx_model, toy_model
 from tests.support.registry import make_settings
 from tests.support.serving import free_port, run_import_model
@@ -35,51 +34,8 @@ from utils.dsp.feature_spec import FeatureSpec
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server: SQLite backend, local artifact root, free port."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=root,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()}")
-        time.sleep(0.3)
-    yield uri
-    # a scratch server: nothing to save, and its graceful exit took 4-20 s of teardown
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    log.close()
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +13,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.integration.test_cache import PrivateRedis
+from tests.support.redis_server import PrivateRedis
+from tests.support.redis_server import private_redis as start_private_redis
 from tests.support.serving import free_port
 from utils.serving.cache import RedisCache
 
@@ -32,17 +31,8 @@ def cache_errors() -> float:
 
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:  # CI has it: a silent skip would hide the breaker
-        if os.environ.get("RFLOC_ALLOW_SKIP_REDIS") == "1":
-            pytest.skip("no redis-server binary (RFLOC_ALLOW_SKIP_REDIS=1)")
-        pytest.fail(
-            "these tests stall a private redis-server: install it (Debian: redis-server) or "
-            "set RFLOC_ALLOW_SKIP_REDIS=1 to skip them knowingly"
-        )
-    server = PrivateRedis(free_port(), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.kill()
+    with start_private_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture()
