@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: benchmark-memory benchmark-oversized benchmark-reload image lock serve test lint bootstrap import bento container-test replicas-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
+.PHONY: benchmark-memory benchmark-oversized benchmark-scan benchmark-reload image lock serve test lint bootstrap import bento container-test replicas-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -127,6 +127,10 @@ benchmark-oversized: import install-test
 benchmark-memory: import install-test
 	$(PY) -m benchmarks.memory
 	$(PY) -m benchmarks.rebalance
+
+# 10 000 invented paths against BentoML's raw-path metric labels and the route labels
+benchmark-scan: import install-test
+	$(PY) -m benchmarks.scan
 
 # Soak: locust at moderate load for SOAK_SECONDS, errors and RSS over time.
 SOAK_SECONDS ?= 600

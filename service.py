@@ -46,6 +46,7 @@ from utils.api.schemas import (  # noqa: E402
     SampleScene,
     SampleSceneRequest,
 )
+from utils.asgi import route_labels  # noqa: E402
 from utils.asgi.api_page import APIPage  # noqa: E402
 from utils.asgi.arrival_count import ArrivalCount  # noqa: E402
 from utils.asgi.body_deadline import BodyDeadline  # noqa: E402
@@ -70,6 +71,8 @@ from utils.serving.reload import ModelReloader, initial_model  # noqa: E402
 log = logging.getLogger("bentoml.service.localization")
 log_filters.install()
 settings = get_settings()
+# BentoML's request metrics by route, not raw path: invented paths add no series (private class)
+ROUTE_LABELS = route_labels.install(settings.metrics_route_labels)
 WORKERS = settings.service_workers or (os.cpu_count() or 1)
 MODEL_TAG = settings.bento_model_tag or f"{settings.bento_model_name}:latest"
 _NEVER = 2**31 - 1

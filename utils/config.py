@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     service_workers: int = Field(default=0, ge=0, description="0: one worker per CPU core.")
     request_timeout_s: float = Field(default=60.0, gt=0)
     access_log: bool = Field(default=True, description="BentoML's per-request access log.")
+    metrics_route_labels: bool = Field(
+        default=True,
+        description="Label BentoML's request metrics by route, so invented paths cannot add "
+        "series (utils/asgi/route_labels.py); false keeps BentoML's raw-path labels.",
+    )
 
     # --- request limits -------------------------------------------------------------------
     max_samples_per_capture: int = Field(default=65_536, gt=0)

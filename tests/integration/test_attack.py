@@ -369,3 +369,47 @@ def test_control_characters_in_headers_reach_the_log_escaped(
     (typed,) = [line for line in log.splitlines() if "GREEN" in line]
     assert "type=application/json\\x9b31mGREEN," in typed and f"127.0.0.1:{port}" in typed
     assert "\x9b" not in log and "\x85" not in log and "\x1b" not in log
+
+
+# --- invented paths do not grow /metrics ------------------------------------------------------
+
+
+def endpoint_labels(server: Server) -> set[str]:
+    """Every `endpoint` label value of BentoML's request metrics on `/metrics`."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return {
+        sample.labels["endpoint"]
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("bentoml_service_request")
+        for sample in family.samples
+        if "endpoint" in sample.labels
+    }
+
+
+def test_invented_paths_share_one_metric_label_and_routes_keep_theirs(server: Server) -> None:
+    """A scanner's paths are answered 404 in the error shape as before, logged as sent, and
+    counted under one `(unmatched)` label: `/metrics` gains no series however many it invents.
+    Routes keep their own label; a file under a mounted app counts as `<mount>/*`."""
+    invented = [f"/scan-{i:03d}-{'x' * (i % 7)}" for i in range(60)]
+    unmatched_before = metric(
+        server, "bentoml_service_request_total", endpoint=r"\(unmatched\)", http_response_code="404"
+    )
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for i, path in enumerate(invented):
+            r = client.post(path, json={}) if i % 2 else client.get(path)
+            assert r.status_code == 404, (path, r.status_code, r.text)
+            body = r.json()
+            assert set(body) <= {"error", "field", "detail"} and body["field"] is None, body
+        assert client.post("/ellipse", json=ELLIPSE).status_code == 200
+        assert client.get("/map/").status_code == 200
+        assert client.get("/map/map.js").status_code == 200
+        assert client.get("/map/no-such-file.js").status_code == 404
+    labels = endpoint_labels(server)
+    assert not any(label.startswith("/scan-") for label in labels), sorted(labels)
+    assert {"/ellipse", "/map/*", "(unmatched)"} <= labels, sorted(labels)
+    unmatched = metric(
+        server, "bentoml_service_request_total", endpoint=r"\(unmatched\)", http_response_code="404"
+    )
+    assert unmatched - unmatched_before == len(invented)
+    # the access log still names the path the client sent
+    wait_for_log(server, lambda log: f"path={invented[-1]}" in log, "an invented path's line")

@@ -221,3 +221,20 @@ def test_steady_interleaves_policies_at_tiny_scale(demo_registry, tmp_path: Path
     cork = [s for s in data["summary"] if s["policy"] == "cork"]
     assert cork and all(s["rps_vs_cork"] == 1.0 for s in cork)
     assert "| round |" in (tmp_path / "steady.md").read_text()
+
+
+def test_scan_compares_raw_and_route_labels_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
+    """A 40-path scan against each labelling: every invented path is a 404, and only the raw
+    labels gain a series per path."""
+    run_script(
+        "benchmarks.scan",
+        *("--paths", "40", "--clients", "4", "--rounds", "1", "--workers", "1"),
+        *("--out", str(tmp_path)),
+    )
+    data = json.loads((tmp_path / "scan.json").read_text())
+    raw, route = data["summary"]["raw"], data["summary"]["route"]
+    assert raw["answers"] == route["answers"] == "40× 404"
+    assert raw["samples_after"] - raw["samples_before"] >= 40
+    assert route["samples_after"] - route["samples_before"] < 40
+    assert raw["ready_after"] and route["ready_after"]
+    assert "| raw |" in (tmp_path / "scan.md").read_text()
