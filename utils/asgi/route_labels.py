@@ -6,8 +6,8 @@ client wrote it. Every distinct path a client invents, `/wp-admin`, `/.env`, `/a
 a counter, a gauge and a histogram of about twenty buckets to every worker's Prometheus file,
 for the life of the server: 10 000 invented paths took `/metrics` from 85 samples to 200 087
 (41 MB, 11.8 s to scrape, past Prometheus's default 10 s timeout) and two workers from 365 to
-1011 MB (`benchmarks/scan.py`), and an internet scanner sends that many in minutes. Ray Serve and Triton label
-by route or deployment for this reason.
+1011 MB (`benchmarks/scan.py`), and an internet scanner sends that many in minutes. Ray Serve
+and Triton label by route or deployment for this reason.
 
 BentoML's middleware is the outermost of the app and reads the path before anything of ours
 runs, and no setting changes its label; so `install()` replaces it (when the app is built, in
