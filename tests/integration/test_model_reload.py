@@ -278,6 +278,23 @@ def test_a_restarted_worker_comes_back_on_the_reloaded_model(
         f"reload: a killed worker came back on the rolled-back model in "
         f"{time.monotonic() - began:.1f} s"
     )
+    # back to the newest import: the killed worker's file still says `older` is served (1);
+    # /metrics must name only what the live workers serve
+    r = reload(server, {"tag": latest})
+    assert r.status_code == 200 and r.json()["workers_agree"], r.text
+    assert served_models(server) == {f"localization_model:{latest}"}
+
+
+def served_models(server: Server) -> set[str]:
+    """The `bento_tag`s `rfloc_model_info` reports at 1 (aggregated over the workers)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return {
+        m.group(1)
+        for m in re.finditer(
+            r'^rfloc_model_info\{[^}]*bento_tag="([^"]+)"[^}]*\} (\S+)$', text, re.M
+        )
+        if float(m.group(2)) == 1.0
+    }
 
 
 def test_reload_refuses_without_the_token_and_changes_nothing(server: Server) -> None:

@@ -88,11 +88,13 @@ WORKER_PREDICTIONS = Gauge(
     "Predictions served by each worker process (pid label)",
     multiprocess_mode="all",
 )
+# the most recent write across workers wins: a worker killed while serving a model keeps its 1
+# in its file, and under "max" that stale 1 outlived every later reload
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info",
     "The served model (value 1)",
     ["name", "version", "sha256", "bento_tag"],
-    multiprocess_mode="max",
+    multiprocess_mode="mostrecent",
 )
 MODEL_RELOADS = Counter(
     f"{PREFIX}_model_reloads",
