@@ -6,6 +6,9 @@ byte; a chunked body is counted as it streams and refused as soon as it crosses 
 JSON values: parsed JSON costs the worker ~100 bytes of Python objects per number (a float and
 its share of an `[I, Q]` list), 10-20x its text, so the separators are counted as the body
 streams in and a body with more values than `max_json_values` is refused before the parse.
+A body that declares fewer bytes than that cannot hold more separators than bytes, so it is
+not counted at all: counting was a third of what these layers cost an `iq_b64` `/predict`
+(130 of 440 µs for a 450 kB body).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class BodySizeLimit:
         path = scope.get("path", "")
         max_bytes, why = self.limits(path)
         too_large = f"request body too large: {path} takes at most {max_bytes} bytes ({why})"
+        declared: int | None = None
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -47,6 +51,10 @@ class BodySizeLimit:
                 if declared > max_bytes:
                     await self._reject(send, too_large)
                     return
+        # separators <= bytes: a body declared below the value limit cannot cross it
+        count_values = self.max_json_values is not None and (
+            declared is None or declared < 0 or declared >= self.max_json_values
+        )
         received = 0
         separators = 0
         started = False
@@ -61,9 +69,9 @@ class BodySizeLimit:
                 chunk = message.get("body", b"")
                 received += len(chunk)
                 reason = None
-                if self.max_json_values is not None:
+                if count_values:  # (the server delivers no more bytes than declared)
                     separators += chunk.count(b",")
-                    if separators >= self.max_json_values:
+                    if separators >= self.max_json_values:  # type: ignore[operator]
                         reason = (
                             f"request body too large: more than {self.max_json_values} "
                             "JSON values (MAX_JSON_VALUES); send samples as iq_b64"

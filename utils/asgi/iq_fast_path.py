@@ -57,10 +57,15 @@ class IQFastPath:
             chunk = message.get("body", b"")
             chunks.append(chunk)
             more = message.get("more_body", False)
-            window = tail + chunk[:65536]
-            if more and other in window and key not in window:
-                # the other encoding (iq_b64): stream the rest through untouched
-                await self.app(scope, _prepend(b"".join(chunks), receive), send)
+            # the field names near the start (searched in place: no copy of 64 KB per chunk),
+            # and across the boundary with the previous chunk
+            seam = tail + chunk[:32]
+            if (other in seam or chunk.find(other, 0, 65536) >= 0) and not (
+                key in seam or chunk.find(key, 0, 65536) >= 0
+            ):
+                # the other encoding (iq_b64): the rest streams through untouched, and the
+                # body is not searched for a field it does not carry
+                await self.app(scope, _prepend(b"".join(chunks), receive, more), send)
                 return
             tail = chunk[-32:]
         body = b"".join(chunks)
