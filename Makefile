@@ -97,6 +97,7 @@ MODEL ?= demo
 benchmark: import install-test
 ifeq ($(MODEL),demo)
 	$(PY) -m benchmarks.decode_bench
+	$(PY) -m benchmarks.asgi_layers
 	$(PY) -m benchmarks.compare
 	$(PY) -m benchmarks.burst
 	$(PY) -m benchmarks.steady

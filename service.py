@@ -33,7 +33,6 @@ from utils.api.pipeline import Pipeline, infer_canonical  # noqa: E402
 from utils.api.responses import utc_now  # noqa: E402
 from utils.api.sample_scene import sample_scene  # noqa: E402
 from utils.api.schemas import (  # noqa: E402
-    API_MODELS,
     BatchPredictionResponse,
     Ellipse,
     EllipseRequest,
@@ -46,21 +45,9 @@ from utils.api.schemas import (  # noqa: E402
     SampleScene,
     SampleSceneRequest,
 )
-from utils.asgi import route_labels  # noqa: E402
-from utils.asgi.api_page import APIPage  # noqa: E402
-from utils.asgi.arrival_count import ArrivalCount  # noqa: E402
-from utils.asgi.body_deadline import BodyDeadline  # noqa: E402
-from utils.asgi.body_size_limit import BodySizeLimit  # noqa: E402
-from utils.asgi.client_gone import ClientGone  # noqa: E402
-from utils.asgi.error_shape import ErrorShape  # noqa: E402
-from utils.asgi.get_as_post import GetAsPost  # noqa: E402
-from utils.asgi.inflight_budget import InflightBudget  # noqa: E402
-from utils.asgi.internal_route import InternalRoutes, internal_call  # noqa: E402
-from utils.asgi.iq_fast_path import IQFastPath  # noqa: E402
-from utils.asgi.json_only import JSONOnly  # noqa: E402
-from utils.asgi.keepalive_bound import KeepAliveBound  # noqa: E402
+from utils.asgi import route_labels, stack  # noqa: E402
+from utils.asgi.internal_route import internal_call  # noqa: E402
 from utils.asgi.map_page import map_page  # noqa: E402
-from utils.asgi.openapi_fix import OpenAPIFix, nullable_fields  # noqa: E402
 from utils.config import get_settings  # noqa: E402
 from utils.model.served import ServedModel, StoredModel, load_served  # noqa: E402
 from utils.serving import announce, arrivals, log_filters, metrics, model_store  # noqa: E402
@@ -251,47 +238,7 @@ class Localization:
         return reload_response(outcome)
 
 
-# the first added is the outermost: every answer below passes through ErrorShape; ClientGone,
-# outside it, turns a client gone before its answer into 499 and one INFO line, not a 500
-Localization.add_asgi_middleware(ClientGone)
-# a keep-alive connection's term ends with `Connection: close`: a restarted worker gets clients
-Localization.add_asgi_middleware(
-    KeepAliveBound,
-    max_requests=settings.connection_max_requests,
-    max_age_s=settings.connection_max_age_s,
-)
-Localization.add_asgi_middleware(ErrorShape)
-# /infer: the service's own calls (BATCH_DISPATCH=proxy) and operators (ADMIN_TOKEN) only
-Localization.add_asgi_middleware(InternalRoutes, paths=("/infer",), token=settings.admin_token)
-Localization.add_asgi_middleware(
-    BodySizeLimit, limits=BODY_LIMITS, max_json_values=settings.max_json_values
-)
-# per worker: bodies held at once (503 + Retry-After beyond); /infer carries a predict's copy
-Localization.add_asgi_middleware(
-    InflightBudget, max_bytes=settings.max_inflight_bytes, exempt=("/infer",)
-)
-Localization.add_asgi_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)
-Localization.add_asgi_middleware(
-    ArrivalCount, arrivals=ARRIVALS, paths=("/predict", "/predict_batch")
-)
-Localization.add_asgi_middleware(GetAsPost, paths=("/model/info", "/sample_scene"))
-Localization.add_asgi_middleware(
-    JSONOnly,
-    paths=(
-        "/predict",
-        "/predict_batch",
-        "/ellipse",
-        "/model/info",
-        "/model/reload",
-        "/sample_scene",
-        "/infer",
-    ),
-)
-Localization.add_asgi_middleware(
-    IQFastPath,
-    fields={"/predict": "iq_data", "/predict_batch": "iq_samples"},
-    others={"/predict": "iq_b64", "/predict_batch": "iq_b64_samples"},
-)
-Localization.add_asgi_middleware(OpenAPIFix, nullable=nullable_fields(API_MODELS))
-Localization.add_asgi_middleware(APIPage)
+# the service's own ASGI layers around BentoML, outermost first (utils/asgi/stack.py)
+for layer, options in stack.layers(settings, BODY_LIMITS, ARRIVALS):
+    Localization.add_asgi_middleware(layer, **options)
 Localization.mount_asgi_app(map_page(), path="/map")

@@ -238,3 +238,15 @@ def test_scan_compares_raw_and_route_labels_at_tiny_scale(demo_registry, tmp_pat
     assert route["samples_after"] - route["samples_before"] < 40
     assert raw["ready_after"] and route["ready_after"]
     assert "| raw |" in (tmp_path / "scan.md").read_text()
+
+
+def test_asgi_layers_measures_every_layer_of_the_stack(tmp_path: Path) -> None:
+    """In process: the app alone, the stack service.py adds, and each layer left out."""
+    out = str(tmp_path)
+    run_script("benchmarks.asgi_layers", "--requests", "20", "--rounds", "1", "--out", out)
+    data = json.loads((tmp_path / "asgi_layers.json").read_text())
+    names = data["layers"]
+    assert names[0] == "ClientGone" and len(names) == len(set(names)) >= 13
+    for row in data["requests"].values():
+        assert row["alone_us"] > 0 and row["stack_us"] > 0 and set(row["saved_us"]) == set(names)
+    assert "| layer |" in (tmp_path / "asgi_layers.md").read_text()
