@@ -82,10 +82,17 @@ def model_spec(model_dir: Path) -> FeatureSpec:
 
 
 def policy_env(policy: str) -> dict[str, str]:
-    """`greedy`, `cork`, `proxy`, or `greedy@<ms|auto>` (a BATCH_QUEUE_DELAY_MS besides):
-    the environment that serves this service that way."""
-    dispatch, _, delay = policy.partition("@")
-    return {"BATCH_DISPATCH": dispatch, **({"BATCH_QUEUE_DELAY_MS": delay} if delay else {})}
+    """`greedy`, `cork`, `proxy`, with `/<n>` for a BATCH_MAX_SIZE and `@<ms|auto>` for a
+    BATCH_QUEUE_DELAY_MS besides (`greedy/1`, `greedy@auto`): the environment that serves
+    this service that way."""
+    rest, _, delay = policy.partition("@")
+    dispatch, _, max_size = rest.partition("/")
+    env = {"BATCH_DISPATCH": dispatch}
+    if max_size:
+        env["BATCH_MAX_SIZE"] = max_size
+    if delay:
+        env["BATCH_QUEUE_DELAY_MS"] = delay
+    return env
 
 
 # --- in-process ceiling -------------------------------------------------------------------------

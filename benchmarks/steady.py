@@ -157,7 +157,7 @@ def run(
             port = free_port()
             urls[policy] = f"http://127.0.0.1:{port}/predict"
             if policy == PER_REQUEST:
-                log = work / f"{policy}.log"
+                log = work / f"{policy.replace('/', '-')}.log"
                 stack.enter_context(per_request_serve(model_dir, port, workers, log))
                 run_load(urls[policy], b64, 1, 20)
                 continue
@@ -175,7 +175,7 @@ def run(
                         "SERVICE_WORKERS": str(workers),
                         **policy_env(policy),
                     },
-                    work / f"{policy}.log",
+                    work / f"{policy.replace('/', '-')}.log",
                 )
             )
             run_load(urls[policy], b64, 1, 20)
