@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -477,6 +478,21 @@ def run_meta(**extra: Any) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         **extra,
     }
+
+
+def numeric_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median over `runs` of every numeric (not boolean) field: one summary row of rounds."""
+    first = runs[0]
+    return {
+        key: statistics.median(r[key] for r in runs)
+        for key in first
+        if isinstance(first[key], int | float) and not isinstance(first[key], bool)
+    }
+
+
+def answer_counts(counts: dict[Any, int]) -> str:
+    """`{"200": 30, "503": 2}` as `30× 200, 2× 503` for a results table."""
+    return ", ".join(f"{n}× {a}" for a, n in sorted(counts.items()))
 
 
 def write_results(out: Path | None, name: str, result: dict[str, Any], table: str) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from collections import Counter
@@ -37,7 +36,15 @@ import aiohttp
 import httpx
 import numpy as np
 
-from benchmarks.compare import RESULTS, bentoml_serve, free_port, run_meta, write_results
+from benchmarks.compare import (
+    RESULTS,
+    answer_counts,
+    bentoml_serve,
+    free_port,
+    numeric_medians,
+    run_meta,
+    write_results,
+)
 from benchmarks.oversized import WorkerRSS
 from utils.api.body_limits import predict_body_bytes
 from utils.api.decoding import encode_capture
@@ -180,10 +187,6 @@ def one_server(
     }
 
 
-def _answers(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n}× {a}" for a, n in sorted(counts.items()))
-
-
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [
@@ -261,14 +264,10 @@ def run(clients: int, rounds: int, kinds: list[str], out: Path | None) -> dict[s
         summary[kind] = {}
         for name in ("before", "after"):
             runs = [r for r in rows if r["kind"] == kind and r["name"] == name]
-            med: dict[str, Any] = {
-                key: statistics.median(r[key] for r in runs)
-                for key in runs[0]
-                if isinstance(runs[0][key], int | float) and not isinstance(runs[0][key], bool)
-            }
+            med = numeric_medians(runs)
             med["body_mb"] = runs[0]["body_bytes"] / 1e6
-            med["first_answers"] = _answers(runs[-1]["first_answers"])
-            med["final_answers"] = _answers(runs[-1]["final_answers"])
+            med["first_answers"] = answer_counts(runs[-1]["first_answers"])
+            med["final_answers"] = answer_counts(runs[-1]["final_answers"])
             med["ready_after"] = all(r["ready_after"] for r in runs)
             summary[kind][name] = med
     result = {

@@ -15,7 +15,6 @@ wall time. Writes `oversized.json` and `oversized.md`.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import threading
 import time
@@ -28,7 +27,15 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks.compare import RESULTS, bentoml_serve, free_port, run_meta, write_results
+from benchmarks.compare import (
+    RESULTS,
+    answer_counts,
+    bentoml_serve,
+    free_port,
+    numeric_medians,
+    run_meta,
+    write_results,
+)
 from utils.api.body_limits import predict_body_bytes
 from utils.config import get_settings
 from utils.dsp.feature_spec import FeatureSpec
@@ -177,12 +184,8 @@ def run(clients: int, megabytes: int, rounds: int, out: Path | None) -> dict[str
                 rows[name].append(row)
     summary = {}
     for name, runs in rows.items():
-        med: dict[str, Any] = {
-            key: statistics.median(r[key] for r in runs)
-            for key in runs[0]
-            if isinstance(runs[0][key], int | float) and not isinstance(runs[0][key], bool)
-        }
-        med["answers"] = ", ".join(f"{n}× {a}" for a, n in sorted(runs[-1]["answers"].items()))
+        med = numeric_medians(runs)
+        med["answers"] = answer_counts(runs[-1]["answers"])
         summary[name] = med
     result = {
         "meta": run_meta(clients=clients, megabytes=megabytes, rounds=rounds, workers=2),

@@ -25,7 +25,15 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks.compare import RESULTS, bentoml_serve, free_port, run_meta, write_results
+from benchmarks.compare import (
+    RESULTS,
+    answer_counts,
+    bentoml_serve,
+    free_port,
+    numeric_medians,
+    run_meta,
+    write_results,
+)
 
 MB = 2**20
 
@@ -151,12 +159,8 @@ def run(paths: int, clients: int, rounds: int, workers: int, out: Path | None) -
                 rows[name].append(row)
     summary: dict[str, dict[str, Any]] = {}
     for name, runs in rows.items():
-        med: dict[str, Any] = {
-            key: statistics.median(r[key] for r in runs)
-            for key in runs[0]
-            if isinstance(runs[0][key], int | float) and not isinstance(runs[0][key], bool)
-        }
-        med["answers"] = ", ".join(f"{n}× {a}" for a, n in sorted(runs[-1]["answers"].items()))
+        med = numeric_medians(runs)
+        med["answers"] = answer_counts(runs[-1]["answers"])
         med["ready_after"] = all(r["ready_after"] for r in runs)
         summary[name] = med
     keys = ("samples_after", "scrape_ms_after", "multiproc_files_after_mb", "bytes_after")
