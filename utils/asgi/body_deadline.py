@@ -15,7 +15,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from utils.asgi.error_shape import send_error
+from utils.asgi.error_shape import CutShort, send_error
 
 # a body that arrived in time but is read late (a busy event loop) still gets this long
 _GRACE_S = 0.05
@@ -33,39 +33,30 @@ class BodyDeadline:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         complete = False
-        expired = False
-        started = False
+        out = CutShort(send)
 
         async def timed_receive() -> Message:
-            nonlocal complete, expired
+            nonlocal complete
             if complete:  # after the body, receive() waits for a disconnect: no deadline
                 return await receive()
-            if expired:
+            if out.done:
                 return {"type": "http.disconnect"}
             try:  # a timer on this task, not a task per chunk as `wait_for` would start
                 async with asyncio.timeout(max(deadline - loop.time(), _GRACE_S)):
                     message = await receive()
             except TimeoutError:
-                expired = True
-                if not started:
-                    await send_error(
-                        send,
-                        408,
-                        f"request body: not received within {self.timeout_s:g} s "
-                        "(BODY_TIMEOUT_S); the connection is closed",
-                        headers=[(b"connection", b"close")],
-                    )
-                return {"type": "http.disconnect"}
+                return await out.cut(self._too_slow)
             if message["type"] != "http.request" or not message.get("more_body", False):
                 complete = True
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if expired:
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        await self.app(scope, timed_receive, out.send)
 
-        await self.app(scope, timed_receive, guarded_send)
+    async def _too_slow(self, send: Send) -> None:
+        await send_error(
+            send,
+            408,
+            f"request body: not received within {self.timeout_s:g} s "
+            "(BODY_TIMEOUT_S); the connection is closed",
+            headers=[(b"connection", b"close")],
+        )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from utils.asgi.error_shape import send_error
+from utils.asgi.error_shape import CutShort, send_error
 
 # path -> (limit in bytes, where the limit comes from), e.g. `RouteBodyLimits`
 Limits = Callable[[str], tuple[int, str]]
@@ -57,12 +57,11 @@ class BodySizeLimit:
         )
         received = 0
         separators = 0
-        started = False
-        refused = False
+        out = CutShort(send)
 
         async def limited_receive() -> Message:
-            nonlocal received, refused, separators
-            if refused:
+            nonlocal received, separators
+            if out.done:
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
@@ -77,20 +76,8 @@ class BodySizeLimit:
                             "JSON values (MAX_JSON_VALUES); send samples as iq_b64"
                         )
                 if received > max_bytes or reason:
-                    # answer now; to the app the client has gone away, and whatever it
-                    # answers to that is dropped below
-                    if not started:
-                        await self._reject(send, reason or too_large)
-                    refused = True
-                    return {"type": "http.disconnect"}
+                    why = reason or too_large
+                    return await out.cut(lambda real_send: self._reject(real_send, why))
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if refused:
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        await self.app(scope, limited_receive, guarded_send)
+        await self.app(scope, limited_receive, out.send)

@@ -10,12 +10,14 @@ every error, so this middleware rewrites error responses (status >= 400) that ar
 in the shape on their way out. Success responses stream through untouched; error bodies are
 small, and one larger than `MAX_ERROR_BODY` passes through as it is.
 
-`send_error` is how the other middlewares answer in the same shape.
+`send_error` is how the other middlewares answer in the same shape, and `CutShort` how one of
+them ends a request whose body it stops reading.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -47,6 +49,35 @@ async def send_error(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class CutShort:
+    """The send side of a layer that may stop reading a request's body (413, 408, 503).
+
+    Once `cut`, the layer's own error answer goes out, unless the app had already begun its
+    own; the app is told the client has gone away, and whatever it answers to that is
+    dropped. `BodySizeLimit`, `InflightBudget` and `BodyDeadline` each wrap `send` in one.
+    """
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False  # the app has sent its response start
+        self.done = False  # the layer has ended the request
+
+    async def send(self, message: Message) -> None:
+        if self.done:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+    async def cut(self, answer: Callable[[Send], Awaitable[None]]) -> Message:
+        """End the request: `answer` on the real `send` if nothing was sent yet; returns the
+        message the app's `receive` should now see."""
+        if not self.started:
+            await answer(self._send)
+        self.done = True
+        return {"type": "http.disconnect"}
 
 
 def reshape(status: int, body: bytes, content_type: bytes, scope: Scope) -> dict[str, Any] | None:

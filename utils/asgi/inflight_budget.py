@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from utils.asgi.error_shape import send_error
+from utils.asgi.error_shape import CutShort, send_error
 from utils.serving import metrics
 
 RETRY_AFTER_S = 1
@@ -105,36 +105,23 @@ class InflightBudget:
             return
         reserved = declared or 0
         self.held += reserved
-        started = False
-        refused = False
+        out = CutShort(send)
 
         async def counted_receive() -> Message:
-            nonlocal reserved, refused
-            if refused:
+            nonlocal reserved
+            if out.done:
                 return {"type": "http.disconnect"}
             message = await receive()
             if declared is None and message["type"] == "http.request":
                 size = len(message.get("body", b""))
                 if not self._fits(size, reserved):
-                    # to the app the client has gone away; what it answers is dropped
-                    if not started:
-                        await self._refuse(send, None)
-                    refused = True
-                    return {"type": "http.disconnect"}
+                    return await out.cut(lambda real_send: self._refuse(real_send, None))
                 self.held += size
                 reserved += size
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if refused:
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, counted_receive, guarded_send)
+            await self.app(scope, counted_receive, out.send)
         finally:
             self.held -= reserved
             if self.held == 0 and reserved >= TRIM_AFTER_BYTES and MALLOC_TRIM is not None:
