@@ -59,7 +59,7 @@ log = logging.getLogger("bentoml.service.localization")
 log_filters.install()
 settings = get_settings()
 # BentoML's request metrics by route, not raw path: invented paths add no series (private class)
-ROUTE_LABELS = route_labels.install(settings.metrics_route_labels)
+route_labels.install(settings.metrics_route_labels)
 WORKERS = settings.service_workers or (os.cpu_count() or 1)
 MODEL_TAG = settings.bento_model_tag or f"{settings.bento_model_name}:latest"
 _NEVER = 2**31 - 1
