@@ -223,13 +223,15 @@ def test_steady_interleaves_policies_at_tiny_scale(demo_registry, tmp_path: Path
     assert "| round |" in (tmp_path / "steady.md").read_text()
 
 
-def test_scan_compares_raw_and_route_labels_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
+def test_scan_compares_raw_and_route_labels_at_tiny_scale(home: Path, tmp_path: Path) -> None:
     """A 40-path scan against each labelling: every invented path is a 404, and only the raw
-    labels gain a series per path."""
+    labels gain a series per path. The script serves the newest import of the BentoML home
+    it is given (the module's own, not whatever the machine's default home holds)."""
     run_script(
         "benchmarks.scan",
         *("--paths", "40", "--clients", "4", "--rounds", "1", "--workers", "1"),
         *("--out", str(tmp_path)),
+        env={"BENTOML_HOME": str(home)},
     )
     data = json.loads((tmp_path / "scan.json").read_text())
     raw, route = data["summary"]["raw"], data["summary"]["route"]

@@ -125,10 +125,13 @@ def test_a_stalled_redis_costs_about_one_failure_per_worker_per_second(
     try:
         stalled = time.monotonic()
         statuses = load(server, 16, 6.0, lambda n: bodies[n % 8])
-        errors = cache_errors(server) - errors0
         seconds = time.monotonic() - stalled
     finally:
         private_redis.signal(signal.SIGCONT)
+    # a probe still waiting when Redis resumes is answered late, and counted then: read the
+    # count once the cool-down after the stall has passed
+    time.sleep(COOLDOWN_S + 0.2)
+    errors = cache_errors(server) - errors0
     allowed = WORKERS * (math.ceil(seconds / COOLDOWN_S) + 1)
     report.append(
         f"cache breaker, Redis stalled {seconds:.1f} s under 16 clients, {WORKERS} workers: "
@@ -139,8 +142,7 @@ def test_a_stalled_redis_costs_about_one_failure_per_worker_per_second(
     assert len(statuses) > 16
     assert 1 <= errors <= allowed, (errors, allowed)
 
-    # Redis back: after a cool-down each worker's probe answers and the cache serves again
-    time.sleep(COOLDOWN_S + 0.2)
+    # Redis back: after the cool-down each worker's probe answers and the cache serves again
     body = {"iq_b64": encode_capture(capture * 0.5)}
     hits = [httpx.post(f"{server.url}/predict", json=body, timeout=30).json()["cache_hit"]]
     for _ in range(10):
