@@ -51,6 +51,7 @@ from utils.asgi.map_page import map_page  # noqa: E402
 from utils.config import get_settings  # noqa: E402
 from utils.model.served import ServedModel, StoredModel, load_served  # noqa: E402
 from utils.serving import announce, arrivals, log_filters, metrics, model_store  # noqa: E402
+from utils.serving.departure import SCOPE_KEY as DEPARTURE  # noqa: E402
 from utils.serving.model_control import ModelControl  # noqa: E402
 from utils.serving.preflight import check_model_store  # noqa: E402
 from utils.serving.reload import ModelReloader, initial_model  # noqa: E402
@@ -173,7 +174,11 @@ class Localization:
         try:
             scope = ctx.request.scope
             response = await self.pipeline.predict_one(
-                req, started, take_parsed(scope), scope.get(arrivals.SCOPE_KEY)
+                req,
+                started,
+                take_parsed(scope),
+                scope.get(arrivals.SCOPE_KEY),
+                scope.get(DEPARTURE),
             )
         except Exception as exc:  # noqa: BLE001 - to_response re-raises what it does not know
             return self._error(ctx, exc)
@@ -188,7 +193,11 @@ class Localization:
         try:
             scope = ctx.request.scope
             predictions = await self.pipeline.predict_many(
-                req, started, take_parsed(scope), scope.get(arrivals.SCOPE_KEY)
+                req,
+                started,
+                take_parsed(scope),
+                scope.get(arrivals.SCOPE_KEY),
+                scope.get(DEPARTURE),
             )
         except Exception as exc:  # noqa: BLE001 - to_response re-raises what it does not know
             return self._error(ctx, exc)

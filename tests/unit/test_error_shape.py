@@ -12,8 +12,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.types import Message, Receive, Scope, Send
 
-from utils.api.errors import error_payload, field_to_loc, loc_to_field, validation_payload
-from utils.asgi.error_shape import MAX_ERROR_BODY, ErrorShape, reshape
+from utils.api.errors import (
+    MAX_DETAIL,
+    MAX_ERROR,
+    encode_error,
+    error_body,
+    error_payload,
+    field_to_loc,
+    loc_to_field,
+    validation_payload,
+)
+from utils.asgi.error_shape import MAX_ERROR_BODY, ErrorShape, reshape, send_error
 
 SCOPE: Scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
 
@@ -98,8 +107,14 @@ def test_field_and_loc_round_trip(loc: list[str | int]) -> None:
         # BentoML 1.4.40 wraps its own 4xx exceptions in a list
         (400, json.dumps([{"error": "bad thing"}]), b"application/json", None, "bad thing"),
         (504, json.dumps({"error": "Not able to process"}), b"application/json", None, None),
-        (404, "Not Found", b"text/plain; charset=utf-8", None, "path: no route POST /predict"),
-        (405, "Method Not Allowed", b"text/plain", None, "method: POST is not allowed on /predict"),
+        (404, "Not Found", b"text/plain; charset=utf-8", None, "path: no route at this path"),
+        (
+            405,
+            "Method Not Allowed",
+            b"text/plain",
+            None,
+            "method: POST is not allowed on this route",
+        ),
         (418, "", b"text/plain", None, "HTTP 418"),
         (400, "{not json", b"application/json", None, "{not json"),
     ],
@@ -165,8 +180,96 @@ def test_middleware_streams_success_untouched() -> None:
     assert sent[1]["more_body"] is True
 
 
-def test_middleware_passes_an_unknown_large_error_body_as_it_is() -> None:
+def test_middleware_answers_an_oversized_error_body_in_the_shape() -> None:
+    """An error too large to hold is not sent: its status and a shaped summary are."""
     big = b"x" * (MAX_ERROR_BODY + 10)
     sent = run(responder(500, [big[:100], big[100:]], b"text/plain"))
-    assert b"".join(m.get("body", b"") for m in sent[1:]) == big
-    assert sent[0]["status"] == 500
+    assert sent[0]["status"] == 500 and len(sent) == 2
+    payload = json.loads(sent[1]["body"])
+    assert_shape(payload)
+    assert payload["error"].startswith("server: failed; the error report was over")
+    assert dict(sent[0]["headers"])[b"content-length"] == str(len(sent[1]["body"])).encode()
+
+
+def test_an_oversized_validation_error_keeps_its_count_and_first_problems() -> None:
+    """What BentoML made of a 1 000 000-item batch of numbers: 149 MB; answered with the
+    count and the first `MAX_DETAIL` problems, whatever the chunking."""
+    item = {
+        "type": "string_type",
+        "loc": ["iq_b64_samples", 0],
+        "msg": "Input should be a valid string",
+    }
+    items = [{**item, "loc": ["iq_b64_samples", i]} for i in range(20_000)]
+    raw = json.dumps(
+        {"error": "1000000 validation error for PredictBatchRequestIODescriptor", "detail": items}
+    ).encode()
+    assert len(raw) > MAX_ERROR_BODY
+    sent = run(responder(400, [raw[i : i + 65536] for i in range(0, len(raw), 65536)]))
+    assert len(sent) == 2 and sent[0]["status"] == 400
+    payload = json.loads(sent[1]["body"])
+    assert_shape(payload)
+    assert payload["field"] == "iq_b64_samples[0]"
+    assert len(payload["detail"]) == MAX_DETAIL + 1
+    assert payload["detail"][-1]["msg"] == f"{1_000_000 - MAX_DETAIL} more problems not listed"
+    assert "999999 more problems" in payload["error"]
+    assert len(sent[1]["body"]) < 4096
+
+
+def test_validation_detail_is_capped_with_a_count() -> None:
+    items = [{"type": "string_type", "loc": ["x", i], "msg": "bad"} for i in range(500)]
+    payload = validation_payload(items)
+    assert_shape(payload)
+    assert len(payload["detail"]) == MAX_DETAIL + 1
+    assert payload["detail"][-1] == {
+        "type": "too_many_errors",
+        "loc": [],
+        "msg": f"{500 - MAX_DETAIL} more problems not listed",
+    }
+    assert (
+        payload["error"]
+        == f"x[0]: bad (and 499 more problems; detail lists the first {MAX_DETAIL})"
+    )
+
+
+@pytest.mark.parametrize("key", ["k" * 300_000, "<script>alert(1)</script>", "a b", "é"])
+def test_validation_never_echoes_a_key_that_is_no_field_name(key: str) -> None:
+    """pydantic's `loc` holds an unknown key as sent: one that could not be a field name is
+    `<key>`, and every message is cut, so an error stays small whatever the input."""
+    payload = validation_payload(
+        [
+            {
+                "type": "extra_forbidden",
+                "loc": ["iq_data", key],
+                "msg": "Extra inputs are not permitted",
+            }
+        ]
+    )
+    assert_shape(payload)
+    assert key not in json.dumps(payload, ensure_ascii=False)
+    assert payload["detail"][0]["loc"] == ["iq_data", "<key>"]
+    assert len(encode_error(payload)) < 2 * MAX_ERROR
+
+
+def test_path_and_method_are_not_echoed() -> None:
+    scope = {**SCOPE, "method": "X" * 5000, "path": "/<script>alert(1)</script>" + "a" * 60_000}
+    for status in (404, 405):
+        payload = reshape(status, b"Not Found", b"text/plain", scope)
+        assert payload is not None
+        assert "<script>" not in payload["error"] and "XXXX" not in payload["error"]
+        assert len(encode_error(payload)) < 300
+
+
+def test_every_sender_spells_an_error_the_same() -> None:
+    """One serializer: the API's responses, the ASGI layers' and the reshaped framework's."""
+    payload = error_payload("confidence_level: é bad", "confidence_level", 400)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(send_error(send, 400, "confidence_level: é bad", "confidence_level"))
+    via_api = error_body("confidence_level: é bad", "confidence_level", 400).body
+    reshaped = run(responder(400, [json.dumps(PYDANTIC, indent=2).encode()]))[1]["body"]
+    assert sent[1]["body"] == via_api == encode_error(payload)
+    assert reshaped == encode_error(json.loads(reshaped))
+    assert via_api.startswith(b'{"error":"confidence_level: \xc3\xa9 bad","field":')

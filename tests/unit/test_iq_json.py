@@ -154,8 +154,37 @@ def test_middleware_parses_and_hands_a_placeholder_on() -> None:
     np.testing.assert_array_equal(array, np.asarray(capture, np.float32))
     batch = json.dumps({"iq_samples": [capture, capture]}).encode()
     assert post(IQFastPath(echo, FIELDS), "/predict_batch", batch).status_code == 200
-    assert json.loads(echo.bodies[1]) == {"iq_samples": [[]]}
+    # as many stand-ins as items: pydantic still checks the list's length
+    assert json.loads(echo.bodies[1]) == {"iq_samples": [[], []]}
     assert len(echo.parsed[1].captures) == 2 and echo.parsed[1].field == "iq_samples"
+
+
+def test_an_empty_batch_reaches_validation_as_empty() -> None:
+    """The placeholder once stood for any batch (`[[]]`), so `{"iq_samples": []}` passed the
+    schema's `min_length=1` and answered 200 with no predictions."""
+    echo = Echo()
+    assert (
+        post(IQFastPath(echo, FIELDS), "/predict_batch", b'{"iq_samples": []}').status_code == 200
+    )
+    assert json.loads(echo.bodies[0]) == {"iq_samples": []}
+    assert echo.parsed[0].captures == []
+
+
+def test_a_value_beyond_float32_is_named_where_it_is() -> None:
+    """1e308 is finite JSON but no float32: the fast path reads it as inf (without a warning),
+    and the decoder names the spot and the bound, not "NaN or infinite"."""
+    from utils.api.decoding import decode_iq_data
+    from utils.dsp.feature_spec import FeatureSpec
+
+    spec = FeatureSpec()
+    capture = [[[0.1, 0.2]] * spec.n_fft for _ in range(spec.n_channels)]
+    capture[1][7] = [0.1, 1e308]
+    parsed = parse_capture(json.dumps(capture).encode(), "iq_data")
+    assert parsed is not None
+    with pytest.raises(InvalidField) as caught:
+        decode_iq_data(parsed, spec, 65_536)
+    assert caught.value.field == "iq_data[1][7][1]"
+    assert "beyond the float32 range" in str(caught.value) and "at most 1e+06" in str(caught.value)
 
 
 def test_middleware_refuses_a_bad_value_with_the_api_error_shape() -> None:

@@ -25,6 +25,7 @@ from utils.dsp.synthetic import generate_scenes
 from utils.model.runtime import ModelLoadError, ModelRuntime
 from utils.model.served import ServedModel, StoredModel
 from utils.serving.cache import LRUCache
+from utils.serving.departure import Departure
 from utils.serving.model_control import ModelControl, WorkerStatus
 from utils.serving.model_store import UnknownModel, full_tag
 from utils.serving.reload import ModelReloader, ReloadRefused, initial_model
@@ -160,7 +161,11 @@ class Gate(Recorder):
         self.release = asyncio.Event()
 
     async def __call__(
-        self, model: ServedModel, captures: list[np.ndarray], verbatim: str | None
+        self,
+        model: ServedModel,
+        captures: list[np.ndarray],
+        verbatim: str | None,
+        _departure: Departure | None = None,
     ) -> list[dict[str, Any]]:
         if not self.entered.is_set():
             self.entered.set()

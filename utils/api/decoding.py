@@ -21,6 +21,11 @@ from utils.dsp.preprocessing import peak_amplitude
 from utils.model.quality import MAX_DB_OVER_FULL_SCALE, max_amplitude
 
 COMPLEX64_BYTES = 8
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class NotFinite(InvalidField):
+    """A capture holding NaN or an infinity (for JSON input: a value no float32 holds)."""
 
 
 def is_verbatim(capture: np.ndarray, text: str) -> bool:
@@ -60,7 +65,7 @@ def check_amplitude(iq: np.ndarray, spec: FeatureSpec, field: str) -> None:
     above full scale); silence and everything in between are the model's to answer."""
     peak = peak_amplitude(iq)
     if not np.isfinite(peak):
-        raise InvalidField(field, "contains NaN or infinite values")
+        raise NotFinite(field, "contains NaN or infinite values")
     limit = max_amplitude(spec)
     if peak > limit:
         raise InvalidField(
@@ -70,6 +75,54 @@ def check_amplitude(iq: np.ndarray, spec: FeatureSpec, field: str) -> None:
             f" no receiver records that, at most {limit:.3g} is accepted: scale the samples "
             "so that full scale is 1.0",
         )
+
+
+def _spot(field: str, shape: tuple[int, ...], flat_index: int) -> str:
+    """`iq_data[2][17][1]`: where in the request the value at `flat_index` sits."""
+    return field + "".join(f"[{i}]" for i in np.unravel_index(flat_index, shape))
+
+
+def _out_of_range(field: str, spec: FeatureSpec, what: str) -> InvalidField:
+    return InvalidField(
+        field,
+        f"{what}; samples are finite, at most {max_amplitude(spec):.3g} in magnitude "
+        f"({MAX_DB_OVER_FULL_SCALE:.0f} dB above a full scale of {np.sqrt(spec.db_reference):g})",
+    )
+
+
+_BEYOND_FLOAT32 = f"a number beyond the float32 range (±{FLOAT32_MAX:.3g})"
+
+
+def _not_numbers(arr: np.ndarray, spec: FeatureSpec, field: str) -> InvalidField:
+    """What is wrong with JSON IQ that numpy could not read as numbers, and where."""
+    kind = arr.dtype.kind
+    if kind != "O":
+        return InvalidField(
+            field,
+            f"IQ values must be numbers, got "
+            f"{'booleans' if kind == 'b' else 'strings' if kind in 'US' else 'other values'}",
+        )
+    for index, item in enumerate(arr.flat):
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            got = {str: "strings", bool: "booleans", type(None): "null", dict: "objects"}
+            return InvalidField(
+                _spot(field, arr.shape, index),
+                f"IQ values must be numbers, got {got.get(type(item), 'other values')}",
+            )
+    # numbers all, yet not one numpy type: integers beyond 64 bits (10**1000)
+    big = next(i for i, item in enumerate(arr.flat) if isinstance(item, int) and abs(item) > 2**63)
+    return _out_of_range(_spot(field, arr.shape, big), spec, _BEYOND_FLOAT32)
+
+
+def _not_finite(arr: np.ndarray, floats: np.ndarray, spec: FeatureSpec, field: str) -> InvalidField:
+    """The first JSON IQ value that is no finite float32, and why (the error path only)."""
+    index = int(np.flatnonzero(~np.isfinite(floats))[0])
+    # float32 input is the fast path's, read by msgspec: never NaN, inf only by overflow
+    if arr.dtype == np.float64 and not np.isfinite(arr.flat[index]):
+        what = "NaN, an infinity or a number beyond the float range (±1.8e308)"
+    else:  # finite as written, too large for float32 (1e308)
+        what = _BEYOND_FLOAT32
+    return _out_of_range(_spot(field, floats.shape, index), spec, what)
 
 
 def decode_iq_data(
@@ -85,11 +138,8 @@ def decode_iq_data(
             "each a list of two numbers",
         ) from None
     if arr.dtype.kind not in "fiu":
-        raise InvalidField(
-            field,
-            f"IQ values must be numbers, got "
-            f"{'booleans' if arr.dtype.kind == 'b' else 'other values'}",
-        )
+        raise _not_numbers(arr, spec, field)
+    written = arr  # as the request nests it, for the spot an error names
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
@@ -99,10 +149,14 @@ def decode_iq_data(
         )
     if arr.shape[-1] != 2:
         raise InvalidField(field, f"each sample must be an [I, Q] pair, got {arr.shape[-1]} values")
-    floats = arr.astype(np.float32)
+    with np.errstate(over="ignore"):  # 1e308 becomes inf, and is explained below
+        floats = arr.astype(np.float32)
     iq = np.empty(floats.shape[:2], dtype=np.complex64)
     iq.real, iq.imag = floats[..., 0], floats[..., 1]
-    return _finish(iq, spec, max_samples, field)
+    try:
+        return _finish(iq, spec, max_samples, field)
+    except NotFinite:  # JSON has no NaN: a number too large for float32, or a parser's inf
+        raise _not_finite(written, floats.reshape(written.shape), spec, field) from None
 
 
 def decode_iq_b64(

@@ -11,6 +11,7 @@ problem (pydantic's validation errors arrive with several). Not
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse
 from utils.dsp.preprocessing import InvalidCaptureError
 from utils.geo.ellipse import UncertaintyInputError
 from utils.serving import metrics
+from utils.serving.departure import ClientLeft
 from utils.serving.greedy import Overloaded
 from utils.serving.model_store import UnknownModel
 from utils.serving.reload import ReloadRefused
@@ -75,6 +77,14 @@ ERROR_TYPES: dict[int, str] = {
 }
 # a problem with no single field (an empty `loc`) is the request body's as a whole
 WHOLE_BODY = "request body"
+# an error lists at most this many problems in `detail`, then one entry counting the rest
+MAX_DETAIL = 20
+# longest `msg` of a problem, and of `error` (what a message quotes is cut beyond)
+MAX_MSG = 300
+MAX_ERROR = 1000
+# a `loc` part that could be a field name; any other (an unknown key) is not echoed
+_LOC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+UNNAMED_KEY = "<key>"
 _LOC_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
@@ -97,10 +107,28 @@ def field_to_loc(field: str) -> list[str | int]:
     return loc or [field]
 
 
+def encode_error(payload: dict[str, Any]) -> bytes:
+    """The one spelling of every error body (compact, UTF-8: Starlette's `JSONResponse`),
+    whoever sends it: the API's errors, the ASGI layers' and the reshaped framework's."""
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+class ErrorResponse(JSONResponse):
+    """A `JSONResponse` rendered by `encode_error`."""
+
+    def render(self, content: Any) -> bytes:
+        return encode_error(content)
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
 def error_payload(
     message: str, field: str | None, status: int, error_type: str | None = None
 ) -> dict[str, Any]:
     """The one error shape, for an error with one problem. `message` starts with `field: `."""
+    message = _cut(message, MAX_ERROR)
     problem = message[len(field) + 2 :] if field and message.startswith(f"{field}: ") else message
     detail = {
         "type": error_type or ERROR_TYPES.get(status, "error"),
@@ -110,31 +138,49 @@ def error_payload(
     return {"error": message, "field": field, "detail": [detail]}
 
 
-def validation_payload(items: list[dict[str, Any]]) -> dict[str, Any]:
+def _loc_part(part: Any) -> str | int:
+    if isinstance(part, int) and not isinstance(part, bool):
+        return part
+    return str(part) if _LOC_NAME.fullmatch(str(part)) else UNNAMED_KEY
+
+
+def validation_payload(items: list[dict[str, Any]], total: int | None = None) -> dict[str, Any]:
     """pydantic's error list (as BentoML sends it) in the one shape: `error` and `field` from
-    the first problem, every problem in `detail` with only `type`, `loc` and `msg` (no input
-    echoed back, no documentation links, no class names)."""
+    the first problem, the first `MAX_DETAIL` problems in `detail` with only `type`, `loc` and
+    `msg` (no input echoed back: a key that could not be a field name is `<key>`; no
+    documentation links, no class names), then one entry counting the others. `total`: how
+    many problems there were, when `items` holds only the first."""
+    total = max(total or 0, len(items))
     detail = []
-    for item in items:
+    for item in items[:MAX_DETAIL]:
         msg = str(item.get("msg", "invalid"))
-        msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        loc = [p if isinstance(p, int) else str(p) for p in item.get("loc", ())]
+        msg = _cut(msg.removeprefix("Value error, ").removeprefix("Assertion failed, "), MAX_MSG)
+        loc = [_loc_part(p) for p in item.get("loc", ())]
         detail.append({"type": str(item.get("type", "invalid_input")), "loc": loc, "msg": msg})
     if not detail:
         return error_payload(f"{WHOLE_BODY}: invalid", None, 400)
     field = loc_to_field(detail[0]["loc"])
     message = f"{field or WHOLE_BODY}: {detail[0]['msg']}"
-    if len(detail) > 1:
-        message += (
-            f" (and {len(detail) - 1} more problem{'s' if len(detail) > 2 else ''} in detail)"
+    more = total - 1
+    if total > len(detail):
+        detail.append(
+            {
+                "type": "too_many_errors",
+                "loc": [],
+                "msg": f"{total - len(detail)} more problems not listed",
+            }
         )
+        message += f" (and {more} more problems; detail lists the first {MAX_DETAIL})"
+    elif more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''} in detail)"
     return {"error": message, "field": field, "detail": detail}
 
 
 def error_body(
     message: str, field: str | None, status: int, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(error_payload(message, field, status), status_code=status, headers=headers)
+    payload = error_payload(message, field, status)
+    return ErrorResponse(payload, status_code=status, headers=headers)
 
 
 def to_response(exc: Exception, model_tag: str) -> JSONResponse:
@@ -158,6 +204,8 @@ def to_response(exc: Exception, model_tag: str) -> JSONResponse:
             500,
         )
     if isinstance(exc, InvalidField):
+    if isinstance(exc, ClientLeft):  # nobody reads it: ClientGone answers 499 to the logs
+        return error_body(str(exc), None, 499)
         metrics.ERRORS.labels("too_many_items" if exc.status == 413 else "invalid_input").inc()
         return error_body(str(exc), exc.field, exc.status)
     if isinstance(exc, UnknownModel | ReloadRefused):  # POST /model/reload: nothing changed

@@ -103,7 +103,8 @@ def parse_capture(raw: bytes, field: str) -> np.ndarray | None:
                 f"ragged nesting: {lengths[odd]} [I, Q] pairs, receiver 0 has {lengths[0]}; "
                 "every receiver needs the same number",
             )
-    return np.asarray(pairs, dtype=np.float32)
+    with np.errstate(over="ignore"):  # 1e308: inf here, explained by `decode_iq_data`
+        return np.asarray(pairs, dtype=np.float32)
 
 
 def parse_captures(raw: bytes, field: str) -> list[np.ndarray] | None:

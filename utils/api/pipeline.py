@@ -8,6 +8,9 @@ A reload swaps the served model while requests are in flight (`utils/serving/rel
 request takes the model serving when it starts (`self.served`) and keeps it to its end:
 decoding, cache key, inference and response all use that one. Batch items carry their model,
 and a batch that holds items of two models runs as two inferences, each on one model.
+
+A request whose client has gone (`utils/serving/departure.py`) is not decoded, not dispatched,
+and dropped from the greedy batcher's queue: `ClientLeft` leaves instead of an answer.
 """
 
 from __future__ import annotations
@@ -45,12 +48,17 @@ from utils.serving.cache import (
     decode_value,
     encode_value,
     make_cache,
+from utils.serving.departure import Departure, check
 )
 from utils.serving.queue_delay import queue_delay_s
 
 #: Batched inference over canonical captures on the given model, one raw result dict per
-#: capture, same order (the `str` is an `iq_b64` text the proxy may forward as sent).
-Dispatch = Callable[[ServedModel, list[np.ndarray], str | None], Awaitable[list[dict[str, Any]]]]
+#: capture, same order (the `str` is an `iq_b64` text the proxy may forward as sent; the
+#: `Departure` drops the captures from the greedy batcher's queue if the client leaves).
+Dispatch = Callable[
+    [ServedModel, list[np.ndarray], str | None, Departure | None],
+    Awaitable[list[dict[str, Any]]],
+]
 #: A batch item of the in-worker batchers: the capture and the model it must run on.
 Job = tuple[ModelRuntime, np.ndarray]
 #: Separates the model key from the capture in a pinned `infer` text (not in base64's alphabet).
@@ -265,7 +273,9 @@ class Pipeline:
     ) -> list[PredictionResponse]:
         """Cache lookup, batched inference of the misses, cache fill; request order kept.
         `field` names the request field the captures came from, for a broken-model error;
-        `ticket` (`utils/serving/arrivals.py`) is closed as the misses reach the batcher."""
+        `ticket` (`utils/serving/arrivals.py`) is closed as the misses reach the batcher;
+        `departure`: misses of a client gone are not dispatched (`ClientLeft`)."""
+        departure: Departure | None = None,
         keys: list[str] = []
         cached: list[bytes | None] = [None] * len(captures)
         if req.cache_enabled:
@@ -304,7 +314,10 @@ class Pipeline:
             verbatim = getattr(req, "iq_b64", None) if len(captures) == 1 else None
             if ticket is not None:  # at the batcher now: no longer company on its way
                 ticket.close()
-            results = await self.dispatch(served, [captures[i] for i in misses], verbatim)
+            check(departure)
+            results = await self.dispatch(
+                served, [captures[i] for i in misses], verbatim, departure
+            )
             try:
                 fresh = self._responses(served, results, req, started)
             except ModelOutputError as exc:  # attribute it to the request's own index
@@ -330,33 +343,39 @@ class Pipeline:
                 response.inference_time_ms = elapsed_ms
         return final
 
+        departure: Departure | None = None,
     async def predict_one(
         self,
         req: PredictRequest,
         started: float,
+        check(departure)
         parsed: ParsedIQ | None = None,
         ticket: Ticket | None = None,
     ) -> PredictionResponse:
-        """`/predict`: decode, then the shared path, on the model serving now."""
+        """`/predict`: decode (not for a client gone), then the shared path, on the model
+        serving now."""
         served = self.served
         capture = await self.decode_one(served, req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         field = "iq_b64" if req.iq_b64 is not None else "iq_data"
-        (response,) = await self.predict(served, [capture], req, started, field, ticket)
+        (response,) = await self.predict(served, [capture], req, started, field, ticket, departure)
         return response
 
+        departure: Departure | None = None,
     async def predict_many(
         self,
         req: PredictBatchRequest,
         started: float,
+        check(departure)
         parsed: ParsedIQ | None = None,
         ticket: Ticket | None = None,
     ) -> list[PredictionResponse]:
-        """`/predict_batch`: decode every item (errors name `field[i]`), then the shared path."""
+        """`/predict_batch`: decode every item (errors name `field[i]`; not for a client
+        gone), then the shared path."""
         served = self.served
         captures, field = await self.decode_many(served, req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
-        return await self.predict(served, captures, req, started, field, ticket)
+        return await self.predict(served, captures, req, started, field, ticket, departure)
 
     def _responses(
         self,
@@ -380,13 +399,20 @@ class Pipeline:
         )
 
 
-def batcher_dispatch(submit: Callable[[Job], Awaitable[dict[str, Any]]]) -> Dispatch:
+def batcher_dispatch(
+    submit: Callable[[Job, Departure | None], Awaitable[dict[str, Any]]],
+) -> Dispatch:
     """Dispatch through an in-worker batcher (greedy or CORK): one submit per capture."""
 
     async def dispatch(
-        served: ServedModel, captures: list[np.ndarray], _verbatim: str | None
+        served: ServedModel,
+        captures: list[np.ndarray],
+        _verbatim: str | None,
+        departure: Departure | None,
     ) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(submit((served.runtime, c)) for c in captures)))
+        return list(
+            await asyncio.gather(*(submit((served.runtime, c), departure) for c in captures))
+        )
 
     return dispatch
 
@@ -397,7 +423,10 @@ def proxy_dispatch(infer: Callable[[list[str]], Awaitable[list[dict[str, Any]]]]
     not re-encoded."""
 
     async def dispatch(
-        served: ServedModel, captures: list[np.ndarray], verbatim: str | None
+        served: ServedModel,
+        captures: list[np.ndarray],
+        verbatim: str | None,
+        _departure: Departure | None,
     ) -> list[dict[str, Any]]:
         pin = served.key + PIN
         if verbatim and len(captures) == 1 and is_verbatim(captures[0], verbatim):

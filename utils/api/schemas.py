@@ -3,13 +3,29 @@
 `iq_data` is validated as a plain JSON list and converted by numpy (`utils.api.decoding`): letting
 pydantic walk tens of thousands of `[I, Q]` pairs through a union of nested list types costs
 more than the model itself.  Its OpenAPI schema still states the exact shape.
+
+Request models are strict (`StrictRequest`): a JSON API whose contract lists types takes
+those types, so `"0.5"`, `"yes"`, `0` or `true` are refused where a number or a boolean is
+due (`/ellipse` read `{"latitude": true}` as latitude 1). A JSON integer is still a number
+(latitude `45`). A number beyond what a float holds (`1e999`, `10**1000`) or NaN is refused
+with the bounds the field takes, not as "not finite".
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+import annotated_types
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from utils.geo.ellipse import (
     MAX_DRAWABLE_M,
@@ -42,12 +58,55 @@ IQBase64 = Annotated[
     ),
 ]
 Confidence = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
+_BOUNDS = (
+    (annotated_types.Ge, "ge", ">="),
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Le, "le", "<="),
+    (annotated_types.Lt, "lt", "<"),
+)
 
 
-class PredictOptions(BaseModel):
+def bounds(metadata: list[Any]) -> str:
+    """`>= -90 and <= 90`: what a field's constraints admit, for its error messages."""
+    said = [
+        f"{sign} {getattr(m, attr):g}"
+        for m in metadata
+        for kind, attr, sign in _BOUNDS
+        if isinstance(m, kind)
+    ]
+    return " and ".join(said)
+
+
+class StrictRequest(BaseModel):
+    """A request body: its fields only, each of its own JSON type (no strings for numbers,
+    no numbers for booleans)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _finite_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """A float field given NaN or a number no float holds: say so with its bounds."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None or field.annotation is not float:
+            return value
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond float range (10**1000)
+            finite = False
+        if finite:
+            return value
+        said = bounds(field.metadata)
+        raise ValueError(
+            "must be a finite number" + (f" {said}" if said else "") + ", got NaN, an "
+            "infinity or a number beyond the float range (±1.8e308)"
+        )
+
+
+class PredictOptions(StrictRequest):
     """Options shared by `/predict` and `/predict_batch`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     session_id: str | None = Field(default=None, max_length=256, description="echoed back")
     cache_enabled: bool = True
@@ -141,9 +200,7 @@ _DRAWABLE = (
 )
 
 
-class EllipseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EllipseRequest(StrictRequest):
     latitude: float = Field(ge=-90.0, le=90.0, allow_inf_nan=False)
     longitude: float = Field(ge=-180.0, le=180.0, allow_inf_nan=False)
     sigma_x: float = Field(
@@ -217,9 +274,7 @@ class ModelInfo(BaseModel):
     )
 
 
-class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ReloadRequest(StrictRequest):
     tag: str | None = Field(
         default=None,
         max_length=200,
@@ -239,9 +294,7 @@ class ReloadResponse(BaseModel):
     workers_agree: bool
 
 
-class SampleSceneRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SampleSceneRequest(StrictRequest):
     seed: int | None = Field(
         default=None,
         ge=0,

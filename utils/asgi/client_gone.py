@@ -11,6 +11,15 @@ nginx names it) is passed out to BentoML's access log and request metrics, which
 and record it; the server drops it, as it drops anything sent to a closed connection. The
 framework's `ClientDisconnect` traceback is dropped by `utils/serving/log_filters.py`.
 
+On the routes it is told to `watch` (the predictions), it also notices a client that leaves
+while its request waits for inference: nothing in the app reads `receive()` once the body is
+in, so once the whole body has passed, a watcher task awaits the server's `receive()`, which
+answers `http.disconnect` when the connection closes (uvicorn sets the cycle's `disconnected`
+flag and wakes its waiters). It marks the request's `Departure` (`utils/serving/departure.py`,
+in the scope) `gone`: the pipeline then skips decoding and dispatch, and the greedy batcher
+drops the request's queued items unrun. Such a departure is counted as phase `queued`; one
+whose work had already run stays `response`. The watcher ends with the request.
+
 A body cut short by the service itself (a 413 from `BodySizeLimit`, a 408 from `BodyDeadline`)
 is not a departure: those answer first, and the client is still there to read it.
 """
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import logging
 
+import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from utils.asgi.error_shape import send_error
@@ -26,16 +36,25 @@ from utils.serving import metrics
 
 log = logging.getLogger("bentoml.service.localization")
 
+from utils.serving.departure import SCOPE_KEY, Departure
 #: Status recorded for a request whose client left before the answer (never sent to anyone).
 CLIENT_CLOSED = 499
 
 
 class ClientGone:
-    def __init__(self, app: ASGIApp) -> None:
+#: The log's words for each `rfloc_client_disconnects_total` phase.
+WHEN = {
+    "body": "mid-body",
+    "response": "before the answer",
+    "queued": "before inference (skipped)",
+}
+    def __init__(self, app: ASGIApp, watch: tuple[str, ...] = ()) -> None:
+        """`watch`: paths whose requests get a `Departure` and a watcher once the body is in."""
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+        self.watch = frozenset(watch)
             await self.app(scope, receive, send)
             return
         received = 0
@@ -44,13 +63,31 @@ class ClientGone:
         phase: str | None = None  # set once the client is gone before a response started
 
         async def watched_receive() -> Message:
-            nonlocal received, body_complete, phase
+            nonlocal received, body_complete, watcher
+        departure: Departure | None = None
+        watcher: asyncio.Task[None] | None = None
+        if scope.get("path") in self.watch:
+            departure = scope[SCOPE_KEY] = Departure()
+
+        def left() -> None:
+            nonlocal phase
+            if not started and phase is None:
+                phase = "response" if body_complete else "body"
+                if departure is not None:
+                    departure.gone = True
+
+        async def watch_for_departure() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left()
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 body_complete = body_complete or not message.get("more_body", False)
-            elif message["type"] == "http.disconnect" and not started and phase is None:
-                phase = "response" if body_complete else "body"
+                if body_complete and departure is not None and watcher is None:
+                    watcher = asyncio.get_running_loop().create_task(watch_for_departure())
+            elif message["type"] == "http.disconnect":
+                left()
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -69,10 +106,13 @@ class ClientGone:
         if phase is None:
             return
         metrics.CLIENT_DISCONNECTS.labels(phase).inc()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         log.info(
             "client %s went away %s: %s %s after %d body bytes; not answered (%d)",
             _client(scope),
-            "mid-body" if phase == "body" else "before the answer",
+            WHEN[phase],
             scope.get("method", ""),
             scope.get("path", ""),
             received,

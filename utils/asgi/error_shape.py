@@ -8,7 +8,10 @@ other exceptions (`{"error": ...}`, once wrapped in a list by a BentoML 1.4.40 s
 Starlette's plain-text `Not Found` / `Method Not Allowed`. A client should need one parser for
 every error, so this middleware rewrites error responses (status >= 400) that are not already
 in the shape on their way out. Success responses stream through untouched; error bodies are
-small, and one larger than `MAX_ERROR_BODY` passes through as it is.
+small, and one larger than `MAX_ERROR_BODY` is not passed on: it is answered in the shape
+with what its first `MAX_ERROR_BODY` bytes tell (pydantic's problem count and first problems),
+and the rest is dropped. No answer here repeats the request's path or method: a path is the
+client's text (`/<script>...`, or 60 KB of it).
 
 `send_error` is how the other middlewares answer in the same shape, and `CutShort` how one of
 them ends a request whose body it stops reading.
@@ -17,15 +20,27 @@ them ends a request whose body it stops reading.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from utils.api.errors import error_payload, validation_payload
+from utils.api.errors import (
+    MAX_DETAIL,
+    WHOLE_BODY,
+    encode_error,
+    error_payload,
+    validation_payload,
+)
 
 MAX_ERROR_BODY = 256 * 1024
 _SHAPE = {"error", "field", "detail"}
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+# BentoML's answer to a pydantic ValidationError: `{"error": "<n> validation error for ...`
+_VALIDATION = re.compile(rb'\A\s*\{\s*"error"\s*:\s*"(\d+) validation errors? for ')
+_DETAIL = re.compile(rb'"detail"\s*:\s*\[')
+_COMMA = re.compile(r"\s*,\s*")
 
 
 async def send_error(
@@ -34,9 +49,10 @@ async def send_error(
     message: str,
     field: str | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
+    error_type: str | None = None,
 ) -> None:
     """Answer with one error in the service's shape (and close nothing: see the callers)."""
-    body = json.dumps(error_payload(message, field, status)).encode()
+    body = encode_error(error_payload(message, field, status, error_type))
     await send(
         {
             "type": "http.response.start",
@@ -97,14 +113,45 @@ def reshape(status: int, body: bytes, content_type: bytes, scope: Scope) -> dict
         if isinstance(detail, list) and all(isinstance(item, dict) for item in detail):
             return validation_payload(detail)
         if isinstance(data.get("error"), str):
-            return error_payload(data["error"], data.get("field"), status)
-    method, path = scope.get("method", ""), scope.get("path", "")
+            field = data.get("field")
+            return error_payload(data["error"], field if isinstance(field, str) else None, status)
     if status == 404:
-        return error_payload(f"path: no route {method} {path}", None, 404)
+        return error_payload("path: no route at this path", None, 404)
     if status == 405:
-        return error_payload(f"method: {method} is not allowed on {path}", None, 405)
-    text = body.decode("utf-8", errors="replace").strip()[:500] or f"HTTP {status}"
+        method = scope.get("method", "")
+        method = method if method in _METHODS else "this method"
+        return error_payload(f"method: {method} is not allowed on this route", None, 405)
+    text = body.decode("utf-8", errors="replace").strip()[:200] or f"HTTP {status}"
     return error_payload(text, None, status)
+
+
+def oversized(status: int, head: bytes) -> dict[str, Any]:
+    """The shaped payload for an error body over `MAX_ERROR_BODY`, from its first bytes: a
+    BentoML validation error keeps its count and the first problems that fit in `head`."""
+    count = _VALIDATION.match(head)
+    found = _DETAIL.search(head)
+    if count is not None and found is not None:
+        text = head[found.end() :].decode("utf-8", errors="ignore")
+        decoder, items = json.JSONDecoder(), []
+        at = len(text) - len(text.lstrip())
+        while len(items) < MAX_DETAIL:
+            try:
+                item, at = decoder.raw_decode(text, at)
+            except ValueError:
+                break
+            if not isinstance(item, dict):
+                break
+            items.append(item)
+            comma = _COMMA.match(text, at)
+            if comma is None:
+                break
+            at = comma.end()
+        if items:
+            return validation_payload(items, total=int(count.group(1)))
+    what = f"{WHOLE_BODY}: refused" if status < 500 else "server: failed"
+    return error_payload(
+        f"{what}; the error report was over {MAX_ERROR_BODY} bytes and is not sent", None, status
+    )
 
 
 class ErrorShape:
@@ -119,11 +166,14 @@ class ErrorShape:
         chunks: list[bytes] = []
         size = 0
         passing = False
+        dropping = False  # an oversized error was answered: the rest of it goes nowhere
 
         async def shaping_send(message: Message) -> None:
-            nonlocal start, size, passing
+            nonlocal start, size, passing, dropping
             if passing:
                 await send(message)
+                return
+            if dropping:
                 return
             if message["type"] == "http.response.start":
                 if message["status"] < 400:
@@ -137,10 +187,11 @@ class ErrorShape:
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > MAX_ERROR_BODY:  # not an error body this middleware knows: as it is
-                passing = True
-                await send(start)
-                await send({**message, "body": b"".join(chunks)})
+            if size > MAX_ERROR_BODY:  # too large to send: its gist, in the shape
+                dropping = True
+                head = b"".join(chunks)[:MAX_ERROR_BODY]
+                chunks.clear()
+                await _send_payload(send, start, oversized(start["status"], head))
                 return
             if message.get("more_body", False):
                 return
@@ -153,12 +204,24 @@ async def _send_shaped(send: Send, start: Message, body: bytes, scope: Scope) ->
     headers = [(k.lower(), v) for k, v in start.get("headers", [])]
     content_type = next((v for k, v in headers if k == b"content-type"), b"")
     payload = reshape(start["status"], body, content_type.lower(), scope)
-    if payload is not None:
-        body = json.dumps(payload).encode()
-        headers = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]
-        headers += [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
+    if payload is None:
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    else:
+        await _send_payload(send, start, payload)
+
+
+async def _send_payload(send: Send, start: Message, payload: dict[str, Any]) -> None:
+    """`start`'s status and headers (but its body's type and length) with `payload`."""
+    body = encode_error(payload)
+    headers = [
+        (k, v)
+        for k, v in ((k.lower(), v) for k, v in start.get("headers", []))
+        if k not in (b"content-type", b"content-length")
+    ]
+    headers += [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
     await send({**start, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -4,8 +4,9 @@ BentoML parses a request body into Python objects and validates it with pydantic
 API method runs; for tens of thousands of `[I, Q]` pairs that is most of the request's cost.
 This middleware reads the body (already bounded by `BodySizeLimit`), parses the IQ field with
 `utils.api.iq_json` into float32 arrays, leaves them in the ASGI scope under `SCOPE_KEY`, and
-hands BentoML the same body with that field's value replaced by an empty placeholder: every
-other field is still validated by the API's pydantic model. The API method takes the arrays
+hands BentoML the same body with that field's value replaced by a placeholder of as many
+items: every other field, and the field's length, is still validated by the API's pydantic
+model. The API method takes the arrays
 from the scope (`bentoml.Context.request.scope`). A body the fast path does not recognise
 passes through unchanged; a bad IQ value is answered here with 400 naming the field and spot.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from utils.api.errors import InvalidField, to_response
 from utils.api.iq_json import (
@@ -26,12 +27,19 @@ from utils.api.iq_json import (
     parse_captures,
     split_fields,
 )
+from utils.asgi.replay import prepend_body
 from utils.serving import metrics
 
 log = logging.getLogger("bentoml.service.localization")
 
-#: What replaces a parsed field in the body BentoML sees: valid for the schema, never used.
-PLACEHOLDERS = {"iq_data": b"[]", "iq_samples": b"[[]]"}
+
+def placeholder(field: str, items: int) -> bytes:
+    """What replaces a parsed field in the body BentoML sees: valid for the schema, never used,
+    and as long as the field was, so that pydantic still checks its length (an empty
+    `iq_samples` is refused as an empty `iq_b64_samples` is)."""
+    if field == "iq_samples":
+        return b"[" + b",".join([b"[]"] * items) + b"]"
+    return b"[]"
 
 
 class IQFastPath:
@@ -65,7 +73,7 @@ class IQFastPath:
             if (at >= 0 or other in seam) and not (key in seam or chunk.find(key, 0, at) >= 0):
                 # the other encoding (iq_b64): the rest streams through untouched, and the
                 # body is not searched for a field it does not carry
-                await self.app(scope, _prepend(b"".join(chunks), receive, more), send)
+                await self.app(scope, prepend_body(b"".join(chunks), receive, more), send)
                 return
             tail = chunk[-32:]
         body = b"".join(chunks)
@@ -91,7 +99,7 @@ class IQFastPath:
             if parsed is not None:
                 scope[SCOPE_KEY] = parsed
             del parsed  # the API method takes it from the scope; nothing here holds it on
-        replay = _prepend(body, receive, more_body=False)
+        replay = prepend_body(body, receive, more_body=False)
         del body  # `replay` lets go of it once BentoML has read it
         await self.app(scope, replay, send)
 
@@ -110,24 +118,8 @@ class IQFastPath:
             captures = None if one is None else [one]
         if captures is None:
             return body, None
-        return join_fields({**fields, field: PLACEHOLDERS[field]}), ParsedIQ(field, captures)
-
-
-def _prepend(first: bytes, receive: Receive, more_body: bool = True) -> Receive:
-    """A `receive` that yields `first` as one message, then the original's messages."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent, first
-        if sent:
-            return await receive()  # the rest of the body, then disconnect notices
-        message = {"type": "http.request", "body": first, "more_body": more_body}
-        # BentoML keeps each request's `receive` past the response: holding the body here
-        # grew a worker by ~80 MB per 200 requests until this reference was dropped
-        sent, first = True, b""
-        return message
-
-    return replay
+        stand_in = placeholder(field, len(captures))
+        return join_fields({**fields, field: stand_in}), ParsedIQ(field, captures)
 
 
 def _with_length(scope: Scope, length: int) -> Scope:

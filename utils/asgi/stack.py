@@ -10,13 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from utils.api.schemas import API_MODELS
+from utils.api.request_fields import FieldCheck
+from utils.api.schemas import (
+    API_MODELS,
+    EllipseRequest,
+    PredictBatchRequest,
+    PredictRequest,
+    SampleSceneRequest,
+)
 from utils.asgi.api_page import APIPage
 from utils.asgi.arrival_count import ArrivalCount
 from utils.asgi.body_deadline import BodyDeadline
 from utils.asgi.body_size_limit import BodySizeLimit, Limits
 from utils.asgi.client_gone import ClientGone
 from utils.asgi.error_shape import ErrorShape
+from utils.asgi.field_guard import FieldGuard
 from utils.asgi.get_as_post import GetAsPost
 from utils.asgi.inflight_budget import InflightBudget
 from utils.asgi.internal_route import InternalRoutes
@@ -48,8 +56,8 @@ def layers(settings: Settings, body_limits: Limits, arrivals: Arrivals) -> list[
     `arrivals`: requests on their way to the greedy batcher)."""
     return [
         # outside the error shape: a client gone before its answer is a 499 and one INFO
-        # line, not a 500
-        (ClientGone, {}),
+        # line, not a 500; a prediction whose client left while it queued is not computed
+        (ClientGone, {"watch": PREDICT_ROUTES}),
         # a keep-alive connection's term ends with `Connection: close`: a restarted worker
         # gets clients back
         (
@@ -71,6 +79,8 @@ def layers(settings: Settings, body_limits: Limits, arrivals: Arrivals) -> list[
         (ArrivalCount, {"arrivals": arrivals, "paths": PREDICT_ROUTES}),
         (GetAsPost, {"paths": ("/model/info", "/sample_scene")}),
         (JSONOnly, {"paths": JSON_ROUTES}),
+        # unknown keys and over-long lists refused before anything builds their values
+        (FieldGuard, {"checks": field_checks(settings.max_batch_items)}),
         (
             IQFastPath,
             {
@@ -81,3 +91,15 @@ def layers(settings: Settings, body_limits: Limits, arrivals: Arrivals) -> list[
         (OpenAPIFix, {"nullable": nullable_fields(API_MODELS)}),
         (APIPage, {}),
     ]
+
+
+def field_checks(max_batch_items: int) -> dict[str, FieldCheck]:
+    """The request model of each route `FieldGuard` reads (`/model/reload` authenticates
+    before it looks at a body), with `MAX_BATCH_ITEMS` for the batch lists."""
+    batch = {"iq_samples": max_batch_items, "iq_b64_samples": max_batch_items}
+    return {
+        "/predict": FieldCheck.for_model("/predict", PredictRequest),
+        "/predict_batch": FieldCheck.for_model("/predict_batch", PredictBatchRequest, batch),
+        "/ellipse": FieldCheck.for_model("/ellipse", EllipseRequest),
+        "/sample_scene": FieldCheck.for_model("/sample_scene", SampleSceneRequest),
+    }
