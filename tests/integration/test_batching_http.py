@@ -5,7 +5,9 @@ and overload is a 503 with `Retry-After`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +99,65 @@ def test_overload_answers_503_with_retry_after(
         assert metric(srv, "rfloc_overloaded_total") == sum(r.status_code == 503 for r in responses)
     finally:
         srv.stop()
+
+
+def sample_sum(server: Server, name: str, **labels: str) -> float:
+    """The sum of every sample of `name` whose labels include `labels` (any others too)."""
+    total = 0.0
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def send_and_leave(url: str, body: bytes) -> None:
+    """One `/predict` over a raw socket that closes right after its body: the body follows the
+    server's `100 Continue`, so the service has begun reading it when the client leaves."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
+    writer.write(body)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+def test_requests_whose_clients_left_while_queued_are_not_computed(
+    server: Server, bodies: list[dict]
+) -> None:
+    sent = 48
+    queued = 'rfloc_client_disconnects_total{phase="queued"}'
+    before = {
+        "queued": metric(server, queued),
+        "inferences": metric(server, "rfloc_model_inferences_total"),
+        "handled": sample_sum(server, "bentoml_service_request_total", endpoint="/predict"),
+    }
+    body = json.dumps(bodies[0]).encode()
+
+    async def leave_all() -> None:
+        await asyncio.gather(*(send_and_leave(server.url, body) for _ in range(sent)))
+
+    asyncio.run(leave_all())
+    # every request has ended (answered to nobody) once BentoML has recorded all of them
+    deadline = time.monotonic() + 120
+    while (
+        sample_sum(server, "bentoml_service_request_total", endpoint="/predict")
+        < before["handled"] + sent
+    ):
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.2)
+    skipped = metric(server, queued) - before["queued"]
+    computed = metric(server, "rfloc_model_inferences_total") - before["inferences"]
+    assert skipped >= 1, "no request was dropped from the queue when its client left"
+    assert computed < sent and computed + skipped <= sent
+    assert "Traceback" not in server.log()
+    # the service goes on: a client that stays is answered
+    assert httpx.post(f"{server.url}/predict", json=bodies[1], timeout=60).status_code == 200

@@ -27,6 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from utils.asgi.body_size_limit import BodySizeLimit
 from utils.asgi.client_gone import CLIENT_CLOSED, ClientGone
 from utils.asgi.internal_route import InternalRoutes, internal_call, is_internal
+from utils.serving.departure import SCOPE_KEY as DEPARTURE_KEY
+from utils.serving.departure import ClientLeft
 
 TOKEN = "s3cret-token"
 
@@ -300,3 +302,34 @@ def test_other_exceptions_still_propagate() -> None:
 
     with pytest.raises(RuntimeError, match="a server fault"):
         drive(ClientGone(broken), "/predict", [])  # gone, but a fault is still a fault
+
+
+async def _waits_for_inference(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reads the body, then waits as a queued prediction does, never reading `receive()`;
+    skips its work if its client left (as the pipeline and the greedy batcher do)."""
+    await receive()
+    departure = scope.get(DEPARTURE_KEY)
+    if departure is None:  # not a watched route: nothing tells it the client left
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"computed"})
+        return
+    while not departure.gone:  # the watcher sees the disconnect for it
+        await asyncio.sleep(0)
+    with pytest.raises(ClientLeft):
+        departure.check()
+    await send({"type": "http.response.start", "status": 499, "headers": []})
+    await send({"type": "http.response.body", "body": b"dropped"})
+
+
+def test_a_client_gone_while_its_request_waits_is_seen_and_counted_as_queued(
+    service_log: io.StringIO,
+) -> None:
+    before = disconnects("queued"), disconnects("response")
+    app = ClientGone(_waits_for_inference, watch=("/predict",))
+    sent = drive(app, "/predict", [{"type": "http.request", "body": b"{}"}])
+    assert statuses(sent) == [CLIENT_CLOSED]  # its own answer dropped, one 499 for the logs
+    assert (disconnects("queued"), disconnects("response")) == (before[0] + 1, before[1])
+    assert "went away before inference (skipped): POST /predict" in service_log.getvalue()
+    # a route not watched gets no departure and no watcher: it computes, as before
+    other = drive(app, "/ellipse", [{"type": "http.request", "body": b"{}"}])
+    assert statuses(other) == [200] and other[-1]["body"] == b"computed"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from utils.serving.arrivals import Arrivals
+from utils.serving.departure import ClientLeft, Departure
 from utils.serving.greedy import BatcherClosed, BatchRecord, GreedyBatcher, Overloaded
 
 
@@ -136,6 +137,61 @@ def test_a_caller_that_goes_away_frees_its_slot() -> None:
         await blocker
         assert await stays == 20
         assert gate.batches == [[0], [2]]  # the departed item was never computed
+
+    run(scenario)
+
+
+def test_items_whose_client_left_while_queued_are_dropped_unrun_and_marked() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        records: list[BatchRecord] = []
+        batcher = GreedyBatcher(gate, max_batch_size=2, wait_budget_s=10, observer=records.append)
+        blocker = asyncio.create_task(batcher.submit(0))
+        await gate.started.wait()
+        left, stays = Departure(), Departure()
+        # request `left` queued two captures, around two requests whose clients stay
+        tasks = [
+            asyncio.create_task(batcher.submit(item, departure))
+            for item, departure in ((1, left), (2, None), (3, left), (4, stays))
+        ]
+        await until(lambda: batcher.queued == 4)
+        left.gone = True  # the server reported the connection closed
+        gate.release.set()
+        await blocker
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], ClientLeft) and isinstance(results[2], ClientLeft)
+        assert results[1] == 20 and results[3] == 40
+        # never computed, and they took no slot: the two that stay left as one full batch
+        assert gate.batches == [[0], [2, 4]]
+        assert [r.size for r in records] == [1, 2]
+        assert left.skipped and not stays.skipped  # counted as a skipped departure
+
+    run(scenario)
+
+
+def test_a_batch_of_only_departed_items_is_never_run() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        records: list[BatchRecord] = []
+        batcher = GreedyBatcher(gate, max_batch_size=8, wait_budget_s=10, observer=records.append)
+        blocker = asyncio.create_task(batcher.submit(0))
+        await gate.started.wait()
+        everyone = [Departure() for _ in range(3)]
+        tasks = [asyncio.create_task(batcher.submit(i, d)) for i, d in enumerate(everyone, 1)]
+        await until(lambda: batcher.queued == 3)
+        for departure in everyone:
+            departure.gone = True
+        gate.release.set()
+        await blocker
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, ClientLeft) for r in results)
+        assert all(d.skipped for d in everyone)
+        assert gate.batches == [[0]] and len(records) == 1  # no empty batch ran
+        assert batcher.queued == 0
+        # the batcher goes on: the next item finds it idle and runs at once
+        gate.release.set()
+        assert await batcher.submit(5) == 50
+        assert gate.batches == [[0], [5]] and records[-1].reason == "idle"
 
     run(scenario)
 

@@ -20,6 +20,7 @@ from utils.dsp.synthetic import generate_scenes
 from utils.model.runtime import ModelRuntime
 from utils.model.served import ServedModel, StoredModel
 from utils.serving.cache import LRUCache
+from utils.serving.departure import Departure
 
 
 def runtime_for(folder: Path, model: onnx.ModelProto) -> ModelRuntime:
@@ -51,7 +52,11 @@ class Recorder:
         self.calls: list[int] = []
 
     async def __call__(
-        self, model: ServedModel, captures: list[np.ndarray], _verbatim: str | None
+        self,
+        model: ServedModel,
+        captures: list[np.ndarray],
+        _verbatim: str | None,
+        _departure: Departure | None = None,
     ) -> list[dict[str, Any]]:
         self.calls.append(len(captures))
         return infer_batch(model.runtime, captures)

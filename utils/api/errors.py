@@ -203,9 +203,9 @@ def to_response(exc: Exception, model_tag: str) -> JSONResponse:
             None,
             500,
         )
-    if isinstance(exc, InvalidField):
     if isinstance(exc, ClientLeft):  # nobody reads it: ClientGone answers 499 to the logs
         return error_body(str(exc), None, 499)
+    if isinstance(exc, InvalidField):
         metrics.ERRORS.labels("too_many_items" if exc.status == 413 else "invalid_input").inc()
         return error_body(str(exc), exc.field, exc.status)
     if isinstance(exc, UnknownModel | ReloadRefused):  # POST /model/reload: nothing changed

@@ -48,8 +48,8 @@ from utils.serving.cache import (
     decode_value,
     encode_value,
     make_cache,
-from utils.serving.departure import Departure, check
 )
+from utils.serving.departure import Departure, check
 from utils.serving.queue_delay import queue_delay_s
 
 #: Batched inference over canonical captures on the given model, one raw result dict per
@@ -270,12 +270,12 @@ class Pipeline:
         started: float,
         field: str,
         ticket: Ticket | None = None,
+        departure: Departure | None = None,
     ) -> list[PredictionResponse]:
         """Cache lookup, batched inference of the misses, cache fill; request order kept.
         `field` names the request field the captures came from, for a broken-model error;
         `ticket` (`utils/serving/arrivals.py`) is closed as the misses reach the batcher;
         `departure`: misses of a client gone are not dispatched (`ClientLeft`)."""
-        departure: Departure | None = None,
         keys: list[str] = []
         cached: list[bytes | None] = [None] * len(captures)
         if req.cache_enabled:
@@ -343,36 +343,36 @@ class Pipeline:
                 response.inference_time_ms = elapsed_ms
         return final
 
-        departure: Departure | None = None,
     async def predict_one(
         self,
         req: PredictRequest,
         started: float,
-        check(departure)
         parsed: ParsedIQ | None = None,
         ticket: Ticket | None = None,
+        departure: Departure | None = None,
     ) -> PredictionResponse:
         """`/predict`: decode (not for a client gone), then the shared path, on the model
         serving now."""
         served = self.served
+        check(departure)
         capture = await self.decode_one(served, req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         field = "iq_b64" if req.iq_b64 is not None else "iq_data"
         (response,) = await self.predict(served, [capture], req, started, field, ticket, departure)
         return response
 
-        departure: Departure | None = None,
     async def predict_many(
         self,
         req: PredictBatchRequest,
         started: float,
-        check(departure)
         parsed: ParsedIQ | None = None,
         ticket: Ticket | None = None,
+        departure: Departure | None = None,
     ) -> list[PredictionResponse]:
         """`/predict_batch`: decode every item (errors name `field[i]`; not for a client
         gone), then the shared path."""
         served = self.served
+        check(departure)
         captures, field = await self.decode_many(served, req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         return await self.predict(served, captures, req, started, field, ticket, departure)

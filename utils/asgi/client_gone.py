@@ -26,44 +26,41 @@ is not a departure: those answer first, and the client is still there to read it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from utils.asgi.error_shape import send_error
 from utils.serving import metrics
+from utils.serving.departure import SCOPE_KEY, Departure
 
 log = logging.getLogger("bentoml.service.localization")
 
-from utils.serving.departure import SCOPE_KEY, Departure
 #: Status recorded for a request whose client left before the answer (never sent to anyone).
 CLIENT_CLOSED = 499
-
-
-class ClientGone:
 #: The log's words for each `rfloc_client_disconnects_total` phase.
 WHEN = {
     "body": "mid-body",
     "response": "before the answer",
     "queued": "before inference (skipped)",
 }
+
+
+class ClientGone:
     def __init__(self, app: ASGIApp, watch: tuple[str, ...] = ()) -> None:
         """`watch`: paths whose requests get a `Departure` and a watcher once the body is in."""
         self.app = app
+        self.watch = frozenset(watch)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-        self.watch = frozenset(watch)
             await self.app(scope, receive, send)
             return
         received = 0
         body_complete = False
         started = False
         phase: str | None = None  # set once the client is gone before a response started
-
-        async def watched_receive() -> Message:
-            nonlocal received, body_complete, watcher
         departure: Departure | None = None
         watcher: asyncio.Task[None] | None = None
         if scope.get("path") in self.watch:
@@ -80,6 +77,9 @@ WHEN = {
             while (await receive())["type"] != "http.disconnect":
                 pass
             left()
+
+        async def watched_receive() -> Message:
+            nonlocal received, body_complete, watcher
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -103,12 +103,14 @@ WHEN = {
         except Exception as exc:
             if phase is None or type(exc).__name__ != "ClientDisconnect":
                 raise
-        if phase is None:
-            return
-        metrics.CLIENT_DISCONNECTS.labels(phase).inc()
         finally:
             if watcher is not None:
                 watcher.cancel()
+        if phase is None:
+            return
+        if departure is not None and departure.skipped:
+            phase = "queued"  # left while its request waited: its inference was skipped
+        metrics.CLIENT_DISCONNECTS.labels(phase).inc()
         log.info(
             "client %s went away %s: %s %s after %d body bytes; not answered (%d)",
             _client(scope),

@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 import anyio.to_thread
 
 from utils.serving.arrivals import Arrivals
+from utils.serving.departure import Departure
 from utils.serving.greedy import BatchRecord, GreedyBatcher
 
 Dispatch = Literal["greedy", "cork", "proxy"]
@@ -30,7 +31,7 @@ CORK_DISPATCHER = "bentoml._internal.marshal.dispatcher.CorkDispatcher"
 
 
 class Batcher(Protocol):
-    async def submit(self, item: Any) -> Any: ...
+    async def submit(self, item: Any, departure: Departure | None = None) -> Any: ...
 
     async def shutdown(self) -> None: ...
 
@@ -72,8 +73,9 @@ class Greedy:
         """A reloaded model brings its own `auto` wait (`utils/serving/queue_delay.py`)."""
         self._batcher.queue_delay_s = seconds
 
-    async def submit(self, item: Any) -> Any:
-        return await self._batcher.submit(item)
+    async def submit(self, item: Any, departure: Departure | None = None) -> Any:
+        """`departure`: the item is dropped, unrun, if its client leaves while it queues."""
+        return await self._batcher.submit(item, departure)
 
     async def shutdown(self) -> None:
         await self._batcher.shutdown(drain=True)
@@ -104,7 +106,8 @@ class Cork:
         )
         self._submit = self._dispatcher(_in_thread(batch_fn))
 
-    async def submit(self, item: Any) -> Any:
+    async def submit(self, item: Any, departure: Departure | None = None) -> Any:
+        """CORK cannot drop a queued item: a departure is checked only before submitting."""
         return await self._submit(item)
 
     async def shutdown(self) -> None:

@@ -17,7 +17,10 @@ keeps no such history:
 - **deliver, then batch**: a finished batch's callers get the event loop for a few passes
   before the next batch starts, so responses are not written in competition with it;
 - **isolation**: a batch that raises is retried item by item, so one bad item fails alone; an
-  item whose caller went away (cancelled) is dropped from the queue and never computed.
+  item whose caller went away (cancelled) is dropped from the queue and never computed;
+- **departed clients**: an item whose client has gone (`utils/serving/departure.py`, checked
+  with one attribute read as the batch forms) is dropped too: its caller gets `ClientLeft`,
+  the departure is marked `skipped`, and a batch holding only such items is never run.
 
 Framework-free (asyncio only): unit-tested with a fake batch function and events, no server.
 """
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from utils.serving.arrivals import Arrivals
+from utils.serving.departure import ClientLeft, Departure
 
 T_IN = TypeVar("T_IN")
 T_OUT = TypeVar("T_OUT")
@@ -65,6 +69,7 @@ class BatcherClosed(Exception):
 class _Pending(Generic[T_IN, T_OUT]):
     item: T_IN
     future: asyncio.Future[T_OUT]
+    departure: Departure | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -140,15 +145,18 @@ class GreedyBatcher(Generic[T_IN, T_OUT]):
             in_flight = max(0.0, per_batch - (time.perf_counter() - self._busy_since))
         return in_flight + ahead * per_batch
 
-    async def submit(self, item: T_IN) -> T_OUT:
-        """The item's result; raises `Overloaded`, `BatcherClosed` or the item's own error."""
+    async def submit(self, item: T_IN, departure: Departure | None = None) -> T_OUT:
+        """The item's result; raises `Overloaded`, `BatcherClosed`, the item's own error, or
+        `ClientLeft` when `departure` says its client went away before its batch formed."""
         if self._closed:
             raise BatcherClosed("the batcher is shut down")
         expected = self.expected_wait_s()
         if expected > self.wait_budget_s:
             raise Overloaded(expected, self.wait_budget_s)
         self._ensure_started()
-        pending: _Pending[T_IN, T_OUT] = _Pending(item, asyncio.get_running_loop().create_future())
+        pending: _Pending[T_IN, T_OUT] = _Pending(
+            item, asyncio.get_running_loop().create_future(), departure
+        )
         self._queue.append(pending)
         assert self._wake is not None
         self._wake.set()
@@ -199,15 +207,28 @@ class GreedyBatcher(Generic[T_IN, T_OUT]):
                     and self._company_coming()
                 ):
                     await self._gather_for(self.queue_delay_s)
-            batch = [
-                self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))
-            ]
+            batch = self._take_batch()
             if self._queue:
                 reason = "full"
-            live = [p for p in batch if not p.future.done()]
-            if live:
-                await self._run(live, reason)
+            if batch:  # never an empty batch: every item taken may have been dropped
+                await self._run(batch, reason)
                 await self._deliver()
+
+    def _take_batch(self) -> list[_Pending[T_IN, T_OUT]]:
+        """Up to `max_batch_size` items in arrival order, dropping on the way those whose
+        caller was cancelled or whose client has gone (their caller gets `ClientLeft`)."""
+        batch: list[_Pending[T_IN, T_OUT]] = []
+        while self._queue and len(batch) < self.max_batch_size:
+            pending = self._queue.popleft()
+            if pending.future.done():
+                continue
+            departure = pending.departure
+            if departure is not None and departure.gone:
+                departure.skipped = True
+                pending.future.set_exception(ClientLeft())
+                continue
+            batch.append(pending)
+        return batch
 
     async def _deliver(self) -> None:
         """Let the finished batch's callers run before the next batch takes the GIL.

@@ -1,0 +1,46 @@
+"""Whether a request's client is still there: work for a client who left is skipped.
+
+After a burst whose clients closed their connections (a load generator stopped, a client timed
+out), their requests stayed queued and were computed for nobody: the next lone request waited
+behind them (c=1 p99 243 ms against 11 ms fresh). The ASGI layer that watches the connection
+(`utils/asgi/client_gone.py`) puts a `Departure` in the request's scope and marks it `gone` the
+moment the server reports the client left; the pipeline checks it before decoding and before
+handing captures to the batcher, and the greedy batcher checks it when it forms a batch. What
+skips work marks it `skipped`, so the departure is counted once, as phase `queued`.
+
+Framework-free: a flag read with one attribute access, cheap enough for every batch item.
+"""
+
+from __future__ import annotations
+
+#: Scope key of the request's `Departure` (set by `utils/asgi/client_gone.py`).
+SCOPE_KEY = "rfloc.departure"
+
+
+class ClientLeft(Exception):
+    """The request's client went away before its work ran; nobody reads the answer."""
+
+    def __init__(self) -> None:
+        super().__init__("client closed request: the client went away before inference")
+
+
+class Departure:
+    """One request's client: `gone` once it left, `skipped` once work was dropped for that."""
+
+    __slots__ = ("gone", "skipped")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.skipped = False
+
+    def check(self) -> None:
+        """Raise `ClientLeft` (and record the skip) if the client has gone."""
+        if self.gone:
+            self.skipped = True
+            raise ClientLeft
+
+
+def check(departure: Departure | None) -> None:
+    """`Departure.check` for a request that may have none (no watching layer, e.g. tests)."""
+    if departure is not None:
+        departure.check()
