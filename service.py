@@ -45,7 +45,7 @@ from utils.api.schemas import (  # noqa: E402
     SampleScene,
     SampleSceneRequest,
 )
-from utils.asgi import route_labels, stack  # noqa: E402
+from utils.asgi import http_protocol, route_labels, stack  # noqa: E402
 from utils.asgi.internal_route import internal_call  # noqa: E402
 from utils.asgi.map_page import map_page  # noqa: E402
 from utils.config import get_settings  # noqa: E402
@@ -61,6 +61,9 @@ log_filters.install()
 settings = get_settings()
 # BentoML's request metrics by route, not raw path: invented paths add no series (private class)
 route_labels.install(settings.metrics_route_labels)
+# the HTTP connection bounded before a request reaches the service: header size, count and
+# deadline, open connections per worker, malformed HTTP in the one error shape
+http_protocol.install(settings)
 WORKERS = settings.service_workers or (os.cpu_count() or 1)
 MODEL_TAG = settings.bento_model_tag or f"{settings.bento_model_name}:latest"
 _NEVER = 2**31 - 1

@@ -183,6 +183,29 @@ class Settings(BaseSettings):
         "`Connection: close`, so clients reconnect and a restarted worker takes its share. "
         "0: unbounded.",
     )
+    # the HTTP connection itself, before the service sees a request (utils/asgi/http_protocol.py)
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest request line and header block; 431 and the connection closed "
+        "beyond, the rest unread.",
+    )
+    max_headers: int = Field(
+        default=100, gt=0, description="Most header fields in one request; 431 beyond."
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection's request line and headers must arrive within this many "
+        "seconds of its opening (or of the first byte of a later request on it): 408 and the "
+        "connection closed otherwise, or just closed if nothing came.",
+    )
+    max_connections_per_worker: int = Field(
+        default=1000,
+        ge=0,
+        description="Connections one worker holds open; one more is answered 503 + "
+        "Retry-After once its headers are in, and closed. 0: unbounded.",
+    )
 
     @field_validator(
         "model_stage",

@@ -4,7 +4,9 @@ Two servers of one worker each, started side by side: the default (`greedy` disp
 `ADMIN_TOKEN`, the deployment most users run) and `BATCH_DISPATCH=proxy` with an `ADMIN_TOKEN`,
 whose predict routes reach `/infer` through BentoML's in-process client. Clients that leave
 and forged requests are written on raw sockets, byte for byte, as an attacker sends them; the
-verdicts are read from the server's own log and `/metrics`.
+verdicts are read from the server's own log and `/metrics`. The proxy server also has a short
+header deadline and a small connection cap (`HEADER_TIMEOUT_S`, `MAX_CONNECTIONS_PER_WORKER`),
+so the connection bounds of utils/asgi/http_protocol.py are seen to act within a test.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,6 +33,8 @@ ADMIN_TOKEN = "attack-test-admin-token-0123456789"
 PREDICT_BYTES = 1_000_000  # MAX_PREDICT_BYTES: a streamed body crosses it quickly
 FORGED_PATH = b"/predict%0A2026-11-26T19:20:00+0000%20%5BERROR%5D%20FAKE%1B%5B31m%0D"
 FORGED_LINE = "2026-11-26T19:20:00+0000 [ERROR] FAKE"
+HEADER_TIMEOUT_S = 3  # the proxy server's header deadline
+CONNECTION_CAP = 16  # the proxy server's open connections per worker
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,13 @@ def servers(home: Path) -> Iterator[tuple[Server, Server]]:
             start_server,
             home,
             home / "attack-proxy.log",
-            env={**common, "ADMIN_TOKEN": ADMIN_TOKEN, "BATCH_DISPATCH": "proxy"},
+            env={
+                **common,
+                "ADMIN_TOKEN": ADMIN_TOKEN,
+                "BATCH_DISPATCH": "proxy",
+                "HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+                "MAX_CONNECTIONS_PER_WORKER": str(CONNECTION_CAP),
+            },
         )
         started = []
         for future in (plain, proxy):
@@ -413,3 +424,153 @@ def test_invented_paths_share_one_metric_label_and_routes_keep_theirs(server: Se
     assert unmatched - unmatched_before == len(invented)
     # the access log still names the path the client sent
     wait_for_log(server, lambda log: f"path={invented[-1]}" in log, "an invented path's line")
+
+
+# --- the HTTP connection: header size, header deadline, connection cap, malformed HTTP ------------
+
+
+def worker_peak_rss_kb(server: Server) -> int:
+    """The (one) worker's peak resident memory so far, VmHWM: what a burst cost at its worst."""
+    (worker,) = [
+        p
+        for p in psutil.Process(server.process.pid).children(recursive=True)
+        if "_bentoml_impl.worker" in " ".join(p.cmdline())
+    ]
+    status = Path(f"/proc/{worker.pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))
+
+
+def send_huge_header(server: Server, megabytes: int) -> int:
+    """A GET with one header of `megabytes` MiB, sent until the server stops reading; returns
+    the status of its answer."""
+    with socket.create_connection(_address(server), timeout=60) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: test\r\nX-Big: ")
+        piece = b"a" * 65536
+        try:
+            for _ in range(16 * megabytes):
+                sock.sendall(piece)
+            sock.sendall(b"\r\n\r\n")
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # closed by the server after its answer, which is in our receive buffer
+        status, _, body = _read_answer(sock)
+        if status == 431:
+            payload = json.loads(body)
+            assert payload["field"] == "headers" and "(MAX_HEADER_BYTES)" in payload["error"]
+        return status
+
+
+def test_a_huge_header_gets_431_and_the_worker_never_holds_it(server: Server) -> None:
+    """Four 16 MiB headers at once were all read and answered 200, and the worker's peak grew
+    by 98 MB; refused at 64 KiB, they cost it nothing it keeps."""
+    refused = metric(server, "rfloc_connections_closed_total", reason="header_bytes")
+    peak = worker_peak_rss_kb(server)
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(send_huge_header, [server] * 4, [16] * 4))
+    assert statuses == [431] * 4
+    assert worker_peak_rss_kb(server) - peak < 16 * 1024  # kB: under one header's size
+    assert metric(server, "rfloc_connections_closed_total", reason="header_bytes") - refused == 4
+    fields = b"\r\n".join(b"X-F%d: v" % i for i in range(100))  # 101 with Host
+    status, _, body, _ = raw_request(server, b"GET /readyz HTTP/1.1\r\nHost: test\r\n" + fields)
+    assert status == 431
+    assert "more than 100 header fields (MAX_HEADERS)" in json.loads(body)["error"]
+    assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200
+
+
+def test_a_connection_that_stalls_before_its_headers_end_is_closed_at_the_deadline(
+    proxy: Server,
+) -> None:
+    """Nothing, one byte, or a header line every half second: each was held for ever."""
+    idle = metric(proxy, "rfloc_connections_closed_total", reason="idle")
+    late = metric(proxy, "rfloc_connections_closed_total", reason="header_timeout")
+    bound = 10 * HEADER_TIMEOUT_S  # the socket's timeout: the test fails, never hangs
+    with socket.create_connection(_address(proxy), timeout=bound) as sock:
+        assert sock.recv(4096) == b""  # closed, nothing said: it asked nothing
+    with socket.create_connection(_address(proxy), timeout=bound) as sock:
+        sock.sendall(b"G")
+        status, headers, body = _read_answer(sock)
+        assert status == 408 and headers["connection"] == "close"
+        payload = json.loads(body)
+        assert payload["field"] == "headers" and "(HEADER_TIMEOUT_S)" in payload["error"]
+        assert sock.recv(4096) == b""
+    with socket.create_connection(_address(proxy), timeout=bound) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: test\r\n")
+        lines = 0
+        try:
+            while lines < 4 * bound:  # 2 per second: well past the deadline
+                time.sleep(0.5)
+                sock.sendall(b"X-Line-%d: 1\r\n" % lines)
+                lines += 1
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        assert lines < 4 * bound, "a header line every 0.5 s kept the connection open"
+        assert _read_answer(sock)[0] == 408
+    assert metric(proxy, "rfloc_connections_closed_total", reason="idle") - idle == 1
+    assert metric(proxy, "rfloc_connections_closed_total", reason="header_timeout") - late == 2
+
+
+def test_connections_beyond_the_cap_get_503_with_retry_after_and_the_cap_frees(
+    proxy: Server,
+) -> None:
+    capped = metric(proxy, "rfloc_connections_closed_total", reason="connection_cap")
+    held = [socket.create_connection(_address(proxy), timeout=30) for _ in range(CONNECTION_CAP)]
+    try:
+        status, headers, body, _ = raw_request(proxy, b"GET /readyz HTTP/1.1\r\nHost: test")
+    finally:
+        for sock in held:
+            sock.close()
+    assert status == 503 and headers["retry-after"] == "1" and headers["connection"] == "close"
+    payload = json.loads(body)
+    assert payload["field"] is None and "(MAX_CONNECTIONS_PER_WORKER)" in payload["error"]
+    for _ in range(100):  # the held ones' closes reach the worker: it serves again
+        status, _, _, _ = raw_request(proxy, b"GET /readyz HTTP/1.1\r\nHost: test")
+        if status == 200:
+            break
+        time.sleep(0.1)
+    assert status == 200
+    assert metric(proxy, "rfloc_connections_closed_total", reason="connection_cap") > capped
+
+
+MALFORMED = {
+    "Content-Length with chunked": b"POST /ellipse HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two Content-Lengths": b"POST /ellipse HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+    b"Content-Length: 3\r\n\r\n{}",
+    "a raw non-ASCII path": "GET /caf\u00e9 HTTP/1.1\r\nHost: t\r\n\r\n".encode(),
+    "NUL in a header": b"GET /readyz HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n",
+    "a folded header": b"GET /readyz HTTP/1.1\r\nHost: t\r\nX-A: a\r\n  b\r\n\r\n",
+    # the service is reading this one's body when its second chunk turns out malformed
+    "a bad chunk": b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    b'Transfer-Encoding: chunked\r\n\r\n2\r\n{"\r\nzz\r\nabc\r\n',
+}
+
+
+def test_malformed_http_is_400_in_the_one_shape_logged_once_and_recorded_as_400(
+    server: Server,
+) -> None:
+    """Each was uvicorn's plain-text 400, logged twice with no client address; the bad chunk
+    was recorded 499 "client went away" in the access log and the request metrics."""
+    closed = requests_by_status(server, "499")
+    bad = requests_by_status(server, "400")
+    gone = metric(server, "rfloc_client_disconnects_total")
+    ports = {}
+    for case, raw in MALFORMED.items():
+        with socket.create_connection(_address(server), timeout=60) as sock:
+            sock.sendall(raw)
+            status, headers, body = _read_answer(sock)
+            ports[case] = sock.getsockname()[1]
+        assert status == 400 and headers["connection"] == "close", case
+        payload = json.loads(body)
+        assert payload["field"] is None, case
+        assert payload["error"].startswith("request: malformed HTTP ("), payload
+    chunked = ports["a bad chunk"]
+    wait_for_log(server, access_line(chunked, 400), "the bad chunk's 400 access line")
+    log = settle(server)
+    for case, port in ports.items():
+        mine = [line for line in log.splitlines() if f"127.0.0.1:{port}" in line]
+        warnings = [line for line in mine if "[WARNING]" in line]
+        assert len(warnings) == 1 and "sent malformed HTTP (" in warnings[0], (case, mine)
+        assert len(mine) == (2 if port == chunked else 1), (case, mine)  # + its access line
+    assert "Invalid HTTP request received" not in log and "Traceback" not in log
+    assert requests_by_status(server, "499") == closed
+    assert requests_by_status(server, "400") - bad == 1  # the one the service had begun
+    assert metric(server, "rfloc_client_disconnects_total") == gone

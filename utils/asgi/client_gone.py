@@ -21,7 +21,9 @@ drops the request's queued items unrun. Such a departure is counted as phase `qu
 whose work had already run stays `response`. The watcher ends with the request.
 
 A body cut short by the service itself (a 413 from `BodySizeLimit`, a 408 from `BodyDeadline`)
-is not a departure: those answer first, and the client is still there to read it.
+is not a departure: those answer first, and the client is still there to read it. Nor is a body
+the server found malformed mid-request (a bad chunk): the connection answered it 400 and closed
+(`http_protocol.py`, which logs it), and that 400 is what is recorded here.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from utils.asgi.error_shape import send_error
+from utils.asgi.http_protocol import PROTOCOL_ERROR, ProtocolError
 from utils.serving import metrics
 from utils.serving.departure import SCOPE_KEY, Departure
 
@@ -107,6 +110,10 @@ class ClientGone:
             if watcher is not None:
                 watcher.cancel()
         if phase is None:
+            return
+        answered = scope.get(PROTOCOL_ERROR)
+        if isinstance(answered, ProtocolError) and answered.status is not None:
+            await send_error(send, answered.status, answered.message)  # recorded, not sent
             return
         if departure is not None and departure.skipped:
             phase = "queued"  # left while its request waited: its inference was skipped

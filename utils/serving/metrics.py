@@ -65,6 +65,13 @@ INFLIGHT_REFUSED = Counter(
     "Requests refused with 503 because their body would exceed the worker's in-flight "
     "body budget (MAX_INFLIGHT_BYTES)",
 )
+CONNECTIONS_CLOSED = Counter(
+    f"{PREFIX}_connections_closed",
+    "Connections the HTTP layer answered and closed itself (utils/asgi/http_protocol.py), by "
+    "reason: header_bytes, header_count (431), header_timeout (408), idle (no request within "
+    "HEADER_TIMEOUT_S, closed unanswered), connection_cap (503), malformed (400)",
+    ["reason"],
+)
 CLIENT_DISCONNECTS = Counter(
     f"{PREFIX}_client_disconnects",
     "Requests whose client went away before the answer (access log status 499, not a server "
