@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(default=3600, gt=0)
     cache_max_entries: int = Field(default=10_000, gt=0)
     cache_key_prefix: str = Field(default="rfloc")
+    cache_signing_key: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Secret (at least 16 characters) of the HMAC-SHA256 stored before each "
+        "cached value, over its key and value: a value without a valid one is a miss. Unset: "
+        "unsigned, so whoever can write to the Redis can make the service serve any answer "
+        "that passes the checks of docs/api.md §6.",
+    )
     redis_timeout_ms: int = Field(
         default=100,
         gt=0,
@@ -215,6 +223,7 @@ class Settings(BaseSettings):
         "redis_url",
         "bento_model_tag",
         "admin_token",
+        "cache_signing_key",
         mode="before",
     )
     @classmethod

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import math
 import shutil
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +27,14 @@ from tests.support.serving import Server, free_port, import_demo_model, start_se
 from utils.api.decoding import encode_capture
 from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes
-from utils.serving.cache import LRUCache, RedisCache, cache_key, decode_value, encode_value
+from utils.serving.cache import (
+    MAC_BYTES,
+    MAX_VALUE_BYTES,
+    LRUCache,
+    RedisCache,
+    cache_key,
+    encode_value,
+)
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 TIMING_FIELDS = ("inference_time_ms", "timestamp", "cache_hit")
@@ -46,6 +56,19 @@ def metric(server: Server, name: str, labels: str = "") -> float:
             if head == name or head.startswith(name + "{"):
                 total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def wait_metric(server: Server, name: str, labels: str, expected: float) -> bool:
+    """The metric reaches `expected` (workers may serve `/metrics` from a read a second old)."""
+    deadline = time.monotonic() + 5.0
+    while metric(server, name, labels) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return metric(server, name, labels) == expected
+
+
+def strip(response: dict) -> dict:
+    """The answer without the fields a hit gets afresh."""
+    return {k: v for k, v in response.items() if k not in (*TIMING_FIELDS, "session_id")}
 
 
 # --- framework-free -------------------------------------------------------------------------
@@ -71,11 +94,8 @@ def test_values_drop_per_request_fields() -> None:
         "session_id": "s",
         "model_version": "1",
     }
-    value = decode_value(encode_value(response))
+    value = json.loads(encode_value(response))
     assert value == {"position": {"latitude": 1.0}, "ellipse": {}, "model_version": "1"}
-    for garbage in (b"not json", b"[1, 2]", b'{"a": 1}'):
-        with pytest.raises(ValueError):
-            decode_value(garbage)
 
 
 def test_lru_is_bounded_and_expires() -> None:
@@ -105,6 +125,35 @@ def test_redis_cache_round_trip_and_ttl() -> None:
     try:
         asyncio.run(scenario())
         assert 0 < client.ttl(f"{prefix}:k1") <= 77
+    finally:
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+
+
+def test_a_huge_or_foreign_value_costs_a_bounded_read() -> None:
+    """A value someone else wrote is read up to one byte past the cap, so that it shows as too
+    large without being transferred; a key of another type is a miss, not a Redis failure."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(SHARED_REDIS)
+    client.set(f"{prefix}:huge", b"x" * (4 * 1024 * 1024))
+    client.rpush(f"{prefix}:list", b"v")
+    client.set(f"{prefix}:empty", b"")
+
+    async def scenario() -> list[bytes | None]:
+        cache = RedisCache(SHARED_REDIS, ttl_s=60, timeout_s=0.5)
+        await cache.start()
+        try:
+            keys = [f"{prefix}:{k}" for k in ("huge", "list", "empty", "none")]
+            values = await cache.get_many(keys)
+            assert cache.state == "closed"  # no failure counted, the breaker stays closed
+            return values
+        finally:
+            await cache.close()
+
+    try:
+        huge, listed, empty, none = asyncio.run(scenario())
+        assert huge is not None and len(huge) == MAX_VALUE_BYTES + 1
+        assert listed is None and empty is None and none is None
     finally:
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
@@ -342,12 +391,173 @@ def test_redis_killed_mid_test_fails_open(home: Path, tmp_path: Path) -> None:
         client = redis.Redis(port=port)
         for key in client.scan_iter("*"):
             client.set(key, b"\x00garbage")
-        decode0 = metric(server, "rfloc_cache_errors_total", 'op="decode"')
+        json0 = metric(server, "rfloc_cache_rejected_total", 'reason="json"')
         assert post(server, body_of(capture)).json()["cache_hit"] is False
-        assert metric(server, "rfloc_cache_errors_total", 'op="decode"') == decode0 + 1
+        assert wait_metric(server, "rfloc_cache_rejected_total", 'reason="json"', json0 + 1)
         assert post(server, body_of(capture)).json()["cache_hit"] is True
         log = server.log()
         assert log.count("Redis cache") <= 4, "failures are logged sparingly"
     finally:
         server.stop()
         private.kill()
+
+
+# --- forged values at the service's real keys (a Redis others can write to) ------------------
+
+
+def genuine_entry(server: Server, prefix: str, capture: np.ndarray) -> tuple[dict, str, bytes]:
+    """A fix answered uncached, and the key and value the service stored for it (found by SCAN,
+    and checked against the key computed the way the service computes it)."""
+    client = redis.Redis.from_url(SHARED_REDIS)
+    before = set(client.scan_iter(f"{prefix}:*"))
+    first = post(server, body_of(capture)).json()
+    assert first["cache_hit"] is False and first["quality"] == "fix", first
+    (key,) = set(client.scan_iter(f"{prefix}:*")) - before
+    sha256 = httpx.get(f"{server.url}/model/info", timeout=10).json()["sha256"]
+    canonical = np.ascontiguousarray(capture, dtype=np.complex64)
+    assert key.decode() == cache_key(prefix, sha256, canonical.data, 0.95, False)
+    value = client.get(key)
+    assert value is not None
+    return first, key.decode(), value
+
+
+def _edit(path: str, new: object) -> Callable[[dict], None]:
+    def change(value: dict) -> None:
+        *parents, last = path.split(".")
+        for name in parents:
+            value = value[name]
+        value[last] = new
+
+    return change
+
+
+def _new_york(value: dict) -> None:
+    value["position"] = {"latitude": 40.7128, "longitude": -74.006}
+
+
+#: issue 28: (name, change to the genuine value or raw bytes, reason counted)
+FORGED: list[tuple[str, Callable[[dict], None] | bytes, str]] = [
+    ("nested 990 deep", b"[" * 990 + b"]" * 990, "json"),
+    ("garbage", b"\x00garbage", "json"),
+    ("New York as a fix", _new_york, "bounds"),
+    ("latitude 999", _edit("position.latitude", 999.0), "bounds"),
+    ("sigma_x -5", _edit("uncertainty.sigma_x", -5.0), "bounds"),
+    ("NaN latitude", _edit("position.latitude", math.nan), "bounds"),
+    ("confidence 7.5", _edit("confidence", 7.5), "bounds"),
+    ("another model_version", _edit("model_version", "9+0123456789ab"), "model"),
+    ("unrequested GeoJSON", _edit("ellipse.geojson", "GEOJSON"), "options"),
+    ("50 MB of warnings", _edit("warnings", ["x" * 50_000_000]), "size"),
+]
+
+
+@pytest.fixture(scope="module")
+def genuine(cached_server: Server, prefix: str) -> tuple[dict, str, bytes, dict]:
+    capture = generate_scenes(1, seed=906, spec=FeatureSpec()).iq[0]
+    first, key, value = genuine_entry(cached_server, prefix, capture)
+    drawn = post(cached_server, body_of(capture, include_geojson=True)).json()
+    return first, key, value, drawn["ellipse"]["geojson"]
+
+
+@pytest.mark.parametrize(("change", "reason"), [f[1:] for f in FORGED], ids=[f[0] for f in FORGED])
+def test_a_forged_value_at_a_real_key_is_a_counted_miss_and_overwritten(
+    cached_server: Server,
+    genuine: tuple[dict, str, bytes, dict],
+    change: Callable[[dict], None] | bytes,
+    reason: str,
+) -> None:
+    first, key, value, drawn = genuine
+    capture = generate_scenes(1, seed=906, spec=FeatureSpec()).iq[0]
+    if isinstance(change, bytes):
+        forged = value[:-1] + b',"x":' + change + b"}" if change.startswith(b"[") else change
+    else:
+        edited = json.loads(value)
+        change(edited)
+        forged = json.dumps(edited, separators=(",", ":")).replace('"GEOJSON"', json.dumps(drawn))
+        forged = forged.encode()
+    client = redis.Redis.from_url(SHARED_REDIS)
+    client.set(key, forged, ex=120)
+    before = metric(cached_server, "rfloc_cache_rejected_total", f'reason="{reason}"')
+    answer = post(cached_server, body_of(capture, session_id="s"))
+    assert answer.status_code == 200, answer.text[:300]
+    assert answer.json()["cache_hit"] is False and strip(answer.json()) == strip(first)
+    assert json.loads(client.get(key) or b"") == json.loads(value)  # overwritten
+    assert wait_metric(
+        cached_server, "rfloc_cache_rejected_total", f'reason="{reason}"', before + 1
+    )
+    if reason == "json":  # the batch route reads the same entry
+        client.set(key, forged, ex=120)
+        batch = post(
+            cached_server, {"iq_b64_samples": [body_of(capture)["iq_b64"]]}, "/predict_batch"
+        )
+        assert batch.status_code == 200, batch.text[:300]
+        (item,) = batch.json()["predictions"]
+        assert item["cache_hit"] is False and strip(item) == strip(first)
+    assert post(cached_server, body_of(capture)).json()["cache_hit"] is True
+
+
+def test_without_a_signing_key_a_copied_answer_is_served(
+    cached_server: Server, prefix: str
+) -> None:
+    """The trust model (docs/api.md §6): another capture's genuine answer under this capture's
+    key passes every check. A plausible but false answer: only CACHE_SIGNING_KEY prevents it."""
+    one, other = generate_scenes(2, seed=907, spec=FeatureSpec()).iq
+    _, key, _ = genuine_entry(cached_server, prefix, one)
+    other_answer, _, other_value = genuine_entry(cached_server, prefix, other)
+    redis.Redis.from_url(SHARED_REDIS).set(key, other_value, ex=120)
+    served = post(cached_server, body_of(one)).json()
+    assert served["cache_hit"] is True and served["position"] == other_answer["position"]
+
+
+def test_with_a_signing_key_only_signed_values_are_served(
+    home: Path, prefix: str, tmp_path: Path
+) -> None:
+    secret = "test-signing-key-" + uuid.uuid4().hex
+    signed_prefix = f"{prefix}s"
+    # its own BENTOML_HOME: one shared with the module's server would reset its metrics
+    own_home = tmp_path / "home-signed"
+    shutil.copytree(home / "models", own_home / "models")
+    server = start_server(
+        own_home,
+        tmp_path / "signed.log",
+        env={
+            "REDIS_URL": SHARED_REDIS,
+            "CACHE_KEY_PREFIX": signed_prefix,
+            "CACHE_SIGNING_KEY": secret,
+            "SERVICE_WORKERS": "1",
+        },
+    )
+    client = redis.Redis.from_url(SHARED_REDIS)
+    try:
+        one, other = generate_scenes(2, seed=908, spec=FeatureSpec()).iq
+        first, key, value = genuine_entry(server, signed_prefix, one)
+        _, _, other_value = genuine_entry(server, signed_prefix, other)
+        mac, payload = value[:MAC_BYTES], value[MAC_BYTES:]
+        message = len(key).to_bytes(4, "big") + key.encode() + payload
+        assert mac == hmac.new(secret.encode(), message, hashlib.sha256).digest()
+        assert json.loads(payload)["position"] == first["position"]
+        assert post(server, body_of(one)).json()["cache_hit"] is True
+
+        near = json.loads(payload)
+        near["position"]["latitude"] += 0.001  # plausible: passes every check but the MAC
+        forged = {
+            "another capture's signed answer": other_value,
+            "the genuine answer unsigned": payload,
+            "a plausible answer unsigned": json.dumps(near, separators=(",", ":")).encode(),
+            "signed with another key": hmac.new(b"k" * 16, message, hashlib.sha256).digest()
+            + payload,
+        }
+        for name, raw in forged.items():
+            client.set(key, raw, ex=120)
+            before = metric(server, "rfloc_cache_rejected_total", 'reason="signature"')
+            answer = post(server, body_of(one))
+            assert answer.status_code == 200, name
+            assert answer.json()["cache_hit"] is False, name
+            assert strip(answer.json()) == strip(first), name
+            assert client.get(key) == value, name  # overwritten by the signed answer
+            assert wait_metric(
+                server, "rfloc_cache_rejected_total", 'reason="signature"', before + 1
+            ), name
+    finally:
+        server.stop()
+        for stale in client.scan_iter(f"{signed_prefix}:*"):
+            client.delete(stale)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import anyio.to_thread
 import numpy as np
 
+from utils.api.cached_answers import CachedAnswers
 from utils.api.decoding import (
     check_amplitude,
     decode_capture,
@@ -34,7 +35,7 @@ from utils.api.decoding import (
 )
 from utils.api.errors import BrokenModel, InvalidField
 from utils.api.iq_json import ParsedIQ
-from utils.api.responses import ModelOutputError, build_predictions, utc_now
+from utils.api.responses import ModelOutputError, build_predictions
 from utils.api.schemas import PredictBatchRequest, PredictionResponse, PredictRequest
 from utils.config import Settings
 from utils.model.runtime import ModelRuntime, RawPredictions
@@ -45,8 +46,6 @@ from utils.serving.batching import Batcher, Greedy, make_batcher
 from utils.serving.cache import (
     PredictionCache,
     cache_key,
-    decode_value,
-    encode_value,
     make_cache,
 )
 from utils.serving.departure import Departure, check
@@ -140,6 +139,7 @@ class Pipeline:
         max_batch_items: int,
         batcher: Batcher | None = None,
         queue_delay_setting: float | Literal["auto"] = 0.0,
+        signing_key: bytes | None = None,
     ) -> None:
         self.served = served
         # models a request in flight may still pin (proxy dispatch); gone with their last user
@@ -147,6 +147,7 @@ class Pipeline:
             {served.key: served.runtime}
         )
         self.cache = cache
+        self.answers = CachedAnswers(signing_key)  # what a cached value must be to be served
         self.dispatch = dispatch
         self.cache_prefix = cache_prefix
         self.max_samples = max_samples
@@ -216,6 +217,9 @@ class Pipeline:
             max_batch_items=settings.max_batch_items,
             batcher=batcher,
             queue_delay_setting=settings.batch_queue_delay_ms,
+            signing_key=settings.cache_signing_key.get_secret_value().encode()
+            if settings.cache_signing_key
+            else None,
         )
 
     async def start(self) -> None:
@@ -294,18 +298,8 @@ class Pipeline:
             metrics.CACHE_BYPASS.inc(len(captures))
         out: list[PredictionResponse | None] = [None] * len(captures)
         for i, raw in enumerate(cached):
-            if raw is None:
-                continue
-            try:
-                out[i] = PredictionResponse(
-                    **decode_value(raw),
-                    cache_hit=True,
-                    session_id=req.session_id,
-                    timestamp=utc_now(),
-                    inference_time_ms=0.0,
-                )
-            except (ValueError, TypeError):  # garbage in the cache: a miss, and counted
-                metrics.CACHE_ERRORS.labels("decode").inc()
+            if raw is not None:  # a value that is not a genuine answer: a miss, counted
+                out[i] = self.answers.open(keys[i], raw, served, req)
         misses = [i for i, r in enumerate(out) if r is None]
         if req.cache_enabled:
             metrics.CACHE_HITS.inc(len(captures) - len(misses))
@@ -331,7 +325,7 @@ class Pipeline:
             if req.cache_enabled:  # only fixes: a no_fix answer is never served from cache
                 await self.cache.set_many(
                     [
-                        (keys[i], encode_value(out[i].model_dump(mode="json")))
+                        (keys[i], self.answers.seal(keys[i], out[i]))
                         for i in misses
                         if out[i] is not None and out[i].quality == "fix"
                     ]

@@ -31,6 +31,8 @@ from utils.model.quality import FixEnvelope, assess
 from utils.model.runtime import RawPredictions
 
 MAX_ABS_RHO = 0.999_999
+#: Vertices of the GeoJSON ring of a prediction (`/ellipse` takes its own `num_points`).
+GEOJSON_POINTS = 64
 
 
 class ModelOutputError(RuntimeError):
@@ -75,7 +77,7 @@ def build_predictions(
     inference_time_ms: float,
     session_id: str | None,
     cache_hit: bool = False,
-    num_points: int = 64,
+    num_points: int = GEOJSON_POINTS,
 ) -> list[PredictionResponse]:
     """One response per row, vectorised over the batch except for the optional GeoJSON."""
     check_outputs(raw)

@@ -110,6 +110,12 @@ class FixEnvelope:
     min_live: int
     source: Literal["training", "receivers"]
 
+    def outside(self, latitude: np.ndarray | float, longitude: np.ndarray | float) -> np.ndarray:
+        """Positions outside the (widened) trained region; longitudes compared modulo 360."""
+        lat = np.asarray(latitude)
+        lon = (np.asarray(longitude) - self.lon_min) % 360.0 + self.lon_min
+        return (lat < self.lat_min) | (lat > self.lat_max) | (lon > self.lon_max)
+
     @classmethod
     def for_model(
         cls, spec: FeatureSpec, training: Mapping[str, float], noise_spread_db: float
@@ -206,10 +212,7 @@ def assess(
     )
     live = (spread_db > threshold[:, None]) & (power_db > SILENCE_DB)
     loud = power_db > envelope.max_power_db
-    lon = (np.asarray(longitude) - envelope.lon_min) % 360.0 + envelope.lon_min
-    outside = (
-        (latitude < envelope.lat_min) | (latitude > envelope.lat_max) | (lon > envelope.lon_max)
-    )
+    outside = envelope.outside(latitude, longitude)
     too_wide = semi_major_1sigma_m > envelope.max_sigma_m
     channels = spec.n_channels
     out = []

@@ -40,13 +40,16 @@ arrived. redis-py's own timeouts sit above `limit_s`, as a backstop.
 Keys (docs/api.md §6): a digest of the model's sha256, the options that change the answer and the
 canonical capture bytes, so a newly imported model never sees an older model's answers.
 Values: the response without its per-request fields (timing, timestamp, cache flag, session),
-as compact JSON.
+as compact JSON; with a signing key, preceded by an HMAC-SHA256 over key and value (`seal_value`).
+Whoever can write to the Redis can put any bytes under any key, so a value read back is opened
+here (size, then MAC) and checked by `utils/api/cached_answers.py` before it is served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import time
@@ -82,12 +85,48 @@ def encode_value(response: dict[str, Any]) -> bytes:
     return json.dumps(kept, separators=(",", ":")).encode()
 
 
-def decode_value(raw: bytes | str) -> dict[str, Any]:
-    """Parse a cached value; raises ValueError on anything that is not one of ours."""
-    value = json.loads(raw)
-    if not isinstance(value, dict) or "position" not in value or "ellipse" not in value:
-        raise ValueError("not a cached prediction")
-    return value
+#: Largest stored value read back, MAC included. An answer takes about 0.4 KB, 3.5 KB with its
+#: GeoJSON ring (65 vertices), a little more for a ring cut at the antimeridian and warnings
+#: naming receivers: anything larger is not one this service wrote, and is refused unparsed.
+MAX_VALUE_BYTES = 32 * 1024
+#: Length of the HMAC-SHA256 that precedes a value when a signing key is set.
+MAC_BYTES = 32
+
+
+class RefusedValue(ValueError):
+    """A cached value that must not be served; `reason` labels `rfloc_cache_rejected_total`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def value_mac(secret: bytes, key: str, payload: bytes) -> bytes:
+    """HMAC-SHA256 over the key (length-prefixed) and the value, so that a genuine value
+    copied under another key does not verify there."""
+    key_bytes = key.encode()
+    mac = hmac.new(secret, len(key_bytes).to_bytes(4, "big"), hashlib.sha256)
+    mac.update(key_bytes)
+    mac.update(payload)
+    return mac.digest()
+
+
+def seal_value(payload: bytes, key: str, secret: bytes | None) -> bytes:
+    """What is stored under `key`: the payload, preceded by its MAC when a key is set."""
+    return payload if secret is None else value_mac(secret, key, payload) + payload
+
+
+def open_value(raw: bytes, key: str, secret: bytes | None) -> bytes:
+    """The payload of a stored value, or `RefusedValue`: too large to be ours (checked before
+    anything reads it), or, with a signing key, a MAC that does not verify for this key."""
+    if len(raw) > MAX_VALUE_BYTES:
+        raise RefusedValue("size", f"{len(raw)} bytes, at most {MAX_VALUE_BYTES}")
+    if secret is None:
+        return raw
+    mac, payload = raw[:MAC_BYTES], raw[MAC_BYTES:]
+    if len(mac) < MAC_BYTES or not hmac.compare_digest(mac, value_mac(secret, key, payload)):
+        raise RefusedValue("signature")
+    return payload
 
 
 class PredictionCache(Protocol):
@@ -397,12 +436,22 @@ class RedisCache:
             raise
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """At most `MAX_VALUE_BYTES + 1` bytes of each value (GETRANGE, not MGET): a huge value
+        written by someone else costs no more to read than that, and shows as too large. A
+        missing key, an empty value or a key of another type is None."""
         if not keys:
             return []
-        ok, values = await self._call("get", lambda: self._client.mget(list(keys)))
+
+        async def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.getrange(key, 0, MAX_VALUE_BYTES)
+            return list(await pipe.execute(raise_on_error=False))
+
+        ok, values = await self._call("get", read)
         if not ok or not isinstance(values, list) or len(values) != len(keys):
             return [None] * len(keys)
-        return [v if isinstance(v, bytes | type(None)) else None for v in values]
+        return [v if isinstance(v, bytes) and v else None for v in values]
 
     async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         if not items:

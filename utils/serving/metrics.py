@@ -90,6 +90,16 @@ CACHE_HITS = Counter(f"{PREFIX}_cache_hits", "Prediction cache hits")
 CACHE_MISSES = Counter(f"{PREFIX}_cache_misses", "Prediction cache misses")
 CACHE_BYPASS = Counter(f"{PREFIX}_cache_bypass", "Predictions asked with cache_enabled=false")
 CACHE_ERRORS = Counter(f"{PREFIX}_cache_errors", "Cache backend failures (served uncached)", ["op"])
+CACHE_REJECTED = Counter(
+    f"{PREFIX}_cache_rejected",
+    "Cached values refused and served uncached (utils/api/cached_answers.py), by reason: size, "
+    "signature (CACHE_SIGNING_KEY), json, schema, model (another model_version), options "
+    "(confidence_level or GeoJSON not the key's), bounds (not an answer the model could give)",
+    ["reason"],
+)
+CACHE_REJECT_REASONS = ("size", "signature", "json", "schema", "model", "options", "bounds")
+for _reason in CACHE_REJECT_REASONS:  # 0 from the start, not "no data" until the first
+    CACHE_REJECTED.labels(_reason)
 WORKER_PREDICTIONS = Gauge(
     f"{PREFIX}_worker_predictions",
     "Predictions served by each worker process (pid label)",
