@@ -13,7 +13,10 @@ concurrent bodies of the largest size the service accepts, all at once:
 - `iq_b64`: a `/predict` `iq_b64` body at `/predict`'s byte limit (read, parsed and decoded
   before its 400: more samples than a capture may hold);
 - `iq_b64_samples`: a valid `/predict_batch` of full-length captures just under
-  `MAX_REQUEST_BYTES`.
+  `MAX_REQUEST_BYTES`;
+- `huge_header`: a valid `/ellipse` with one 16 MiB header; here "before" is
+  `MAX_HEADER_BYTES` out of reach (the server read every header whole) and "after" the default
+  (431 once the header block passes 64 KiB, the rest unread).
 
 Clients send with `Expect: 100-continue` (a refused body is never sent) and come back after
 `Retry-After` until answered. Reports what the clients got, the refusals counted by the
@@ -56,7 +59,11 @@ KINDS = {
     "iq_data": "/predict_batch",
     "iq_b64": "/predict",
     "iq_b64_samples": "/predict_batch",
+    "huge_header": "/ellipse",
 }
+#: request headers of a kind beyond its Content-Type, and a kind's own "before" settings
+HEADERS = {"huge_header": {"x-big": "a" * 16 * 2**20}}
+BEFORE = {"huge_header": {"MAX_HEADER_BYTES": str(2**40)}}
 MB = 2**20
 DEADLINE_S = 300.0
 
@@ -112,7 +119,7 @@ def iq_b64_samples_body(max_bytes: int, max_samples: int) -> bytes:
 
 
 async def _client(
-    session: aiohttp.ClientSession, url: str, body: bytes, deadline: float
+    session: aiohttp.ClientSession, url: str, body: bytes, deadline: float, kind: str
 ) -> tuple[str, str, int]:
     """(first answer, final answer, attempts): comes back after Retry-After while refused."""
     first, attempts = "", 0
@@ -120,7 +127,10 @@ async def _client(
         attempts += 1
         try:
             async with session.post(
-                url, data=body, headers={"content-type": "application/json"}, expect100=True
+                url,
+                data=body,
+                headers={"content-type": "application/json", **HEADERS.get(kind, {})},
+                expect100=True,
             ) as r:
                 await r.read()
                 answer, retry = str(r.status), r.headers.get("retry-after")
@@ -132,14 +142,16 @@ async def _client(
         await asyncio.sleep(float(retry or 1))
 
 
-async def _attack(url: str, body: bytes, clients: int) -> tuple[list[tuple[str, str, int]], float]:
+async def _attack(
+    url: str, body: bytes, clients: int, kind: str
+) -> tuple[list[tuple[str, str, int]], float]:
     timeout = aiohttp.ClientTimeout(total=DEADLINE_S)
     connector = aiohttp.TCPConnector(limit=clients, force_close=True)
     started = time.perf_counter()
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         deadline = time.monotonic() + DEADLINE_S
         answers = await asyncio.gather(
-            *(_client(session, url, body, deadline) for _ in range(clients))
+            *(_client(session, url, body, deadline, kind) for _ in range(clients))
         )
     return list(answers), time.perf_counter() - started
 
@@ -163,7 +175,7 @@ def one_server(
         time.sleep(2.0)
         worker_before, total_before = rss.now()
         with rss:
-            answers, seconds = asyncio.run(_attack(base + KINDS[kind], body, clients))
+            answers, seconds = asyncio.run(_attack(base + KINDS[kind], body, clients, kind))
         time.sleep(3.0)
         worker_after, total_after = rss.now()
         refused = _refused(base)
@@ -245,6 +257,7 @@ def run(clients: int, rounds: int, kinds: list[str], out: Path | None) -> dict[s
         "iq_b64_samples": lambda: iq_b64_samples_body(
             settings.max_request_bytes, settings.max_samples_per_capture
         ),
+        "huge_header": lambda: b'{"latitude":45.0,"longitude":7.6,"sigma_x":100.0,"sigma_y":50.0}',
     }
     configs = {"before": {"MAX_INFLIGHT_BYTES": "0"}, "after": {}}
     rows: list[dict[str, Any]] = []
@@ -254,7 +267,8 @@ def run(clients: int, rounds: int, kinds: list[str], out: Path | None) -> dict[s
             print(f"{kind}: {len(body)} bytes, {body.count(b',')} commas", flush=True)
             for i in range(rounds):
                 for name in ["before", "after"] if i % 2 == 0 else ["after", "before"]:
-                    env = {"SERVICE_WORKERS": "2", "REDIS_URL": "", **configs[name]}
+                    before = BEFORE.get(kind, {}) if name == "before" else {}
+                    env = {"SERVICE_WORKERS": "2", "REDIS_URL": "", **configs[name], **before}
                     row = one_server(name, env, kind, body, clients, Path(logs))
                     print({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()})
                     rows.append(row)
