@@ -16,7 +16,11 @@ concurrent bodies of the largest size the service accepts, all at once:
   `MAX_REQUEST_BYTES`;
 - `huge_header`: a valid `/ellipse` with one 16 MiB header; here "before" is
   `MAX_HEADER_BYTES` out of reach (the server read every header whole) and "after" the default
-  (431 once the header block passes 64 KiB, the rest unread).
+  (431 once the header block passes 64 KiB, the rest unread);
+- `oversized_error`: a `/predict_batch` whose `iq_b64_samples` is 1 000 000 numbers (2 MB):
+  before issue 28 pydantic reported every item, a 149 MB error and 1.27 GB of worker per
+  request; now 413 at the 101st item (`utils/asgi/field_guard.py`). That fix has no switch, so
+  its "before" differs from "after" only by the body budget, as the body kinds do.
 
 Clients send with `Expect: 100-continue` (a refused body is never sent) and come back after
 `Retry-After` until answered. Reports what the clients got, the refusals counted by the
@@ -60,6 +64,7 @@ KINDS = {
     "iq_b64": "/predict",
     "iq_b64_samples": "/predict_batch",
     "huge_header": "/ellipse",
+    "oversized_error": "/predict_batch",
 }
 #: request headers of a kind beyond its Content-Type, and a kind's own "before" settings
 HEADERS = {"huge_header": {"x-big": "a" * 16 * 2**20}}
@@ -258,6 +263,7 @@ def run(clients: int, rounds: int, kinds: list[str], out: Path | None) -> dict[s
             settings.max_request_bytes, settings.max_samples_per_capture
         ),
         "huge_header": lambda: b'{"latitude":45.0,"longitude":7.6,"sigma_x":100.0,"sigma_y":50.0}',
+        "oversized_error": lambda: b'{"iq_b64_samples":[' + b",".join([b"1"] * 10**6) + b"]}",
     }
     configs = {"before": {"MAX_INFLIGHT_BYTES": "0"}, "after": {}}
     rows: list[dict[str, Any]] = []

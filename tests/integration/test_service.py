@@ -565,7 +565,7 @@ def _bad_cases(spec: FeatureSpec) -> list[tuple[str, str, object, int, str]]:
             "/predict_batch",
             {"iq_b64_samples": ["AAAA"] * 101},
             413,
-            "iq_b64_samples: 101 items, at most 100",
+            "iq_b64_samples: more than 100 items, at most 100",
         ),
         ("empty batch", "/predict_batch", {"iq_b64_samples": []}, 400, "iq_b64_samples"),
         (
@@ -678,6 +678,146 @@ def test_bad_input_matrix(server: Server, spec: FeatureSpec) -> None:
     # client mistakes are one INFO line each, not error tracebacks
     log = server.log()
     assert "rejected input" in log and "Traceback" not in log
+
+
+def _bounded_cases(spec: FeatureSpec) -> list[tuple[str, str, bytes, int, str, str | None]]:
+    """(name, path, body, status, words the error must hold, field) for what a hostile or
+    careless client sends (issue 28): each in both capture encodings where it applies."""
+    good = _good(spec)
+    data, b64s = pairs(good), b64(good)
+
+    def body(**fields: object) -> bytes:
+        return json.dumps(fields).encode()
+
+    cases: list[tuple[str, str, bytes, int, str, str | None]] = []
+    for enc, one, many in (("iq_data", data, "iq_samples"), ("iq_b64", b64s, "iq_b64_samples")):
+        item = data if enc == "iq_data" else b64s
+        small = [[[1, 2]]] if enc == "iq_data" else "AAAA"  # refused before it is decoded
+        cases += [
+            # item 1: a million numbers for a batch list: 413 at the 101st, a few bytes back
+            (f"{many} 10**6 numbers", "/predict_batch", body(**{many: [1] * 1_000_000}), 413,
+             "more than 100 items, at most 100", many),
+            (f"{many} 101 items", "/predict_batch", body(**{many: [small] * 101}), 413,
+             "more than 100 items", many),
+            # item 16: an empty batch in either form
+            (f"{many} empty", "/predict_batch", body(**{many: []}), 400, "at least 1 item", many),
+            # item 16: what the fast path once hid from pydantic, in either form
+            (f"{enc} unknown key", "/predict", body(**{enc: one, "foo": 1}), 400,
+             "foo: not a field", "foo"),
+            (f"{enc} long session_id", "/predict", body(**{enc: one, "session_id": "s" * 300}),
+             400, "at most 256 characters", "session_id"),
+            (f"{enc} confidence 0", "/predict", body(**{enc: one, "confidence_level": 0}), 400,
+             "greater than 0", "confidence_level"),
+            (f"{many} both", "/predict_batch", body(**{many: [item], "iq_samples" if
+             many == "iq_b64_samples" else "iq_b64_samples": [b64s if many == "iq_samples"
+             else data]}), 400, "give exactly one of iq_samples and iq_b64_samples", None),
+            (f"{many} null item", "/predict_batch", body(**{many: [item, None]}), 400,
+             "valid", f"{many}[1]"),
+            # item 15: strict types at the edge, in either form
+            (f"{enc} geojson yes", "/predict", body(**{enc: one, "include_geojson": "yes"}), 400,
+             "valid boolean", "include_geojson"),
+            (f"{enc} cache 0", "/predict", body(**{enc: one, "cache_enabled": 0}), 400,
+             "valid boolean", "cache_enabled"),
+            (f"{enc} confidence str", "/predict", body(**{enc: one, "confidence_level": "0.5"}),
+             400, "valid number", "confidence_level"),
+            (f"{many} geojson 1", "/predict_batch", body(**{many: [item], "include_geojson": 1}),
+             400, "valid boolean", "include_geojson"),
+            # item 18: a float field given a number no float holds names its bounds
+            (f"{enc} confidence 10**1000", "/predict",
+             json.dumps({enc: one})[:-1].encode() + b', "confidence_level": 1' + b"0" * 1000
+             + b"}", 400, "must be a finite number > 0 and < 1", "confidence_level"),
+        ]  # fmt: skip
+    far = [row[:] for row in data]
+    far[2][40] = [0.5, 1e308]  # finite JSON, beyond float32: the fast path's case
+    marked = [row[:] for row in data]
+    marked[0][0] = [0.9876543210123, 0.5]  # written as 10**1000 below: the standard path's case
+    huge = json.dumps({"iq_data": marked}).replace("0.9876543210123", "1" + "0" * 1000)
+    cases += [
+        # item 11: a 300 KB key and 100 000 unknown keys: refused unechoed, in a few bytes
+        ("300 KB key", "/predict", body(**{"k" * 300_000: 1, "iq_b64": b64s}), 400,
+         "a key of 300000 bytes is not a field", None),
+        ("100k keys", "/predict", body(**{f"k{i}": 1 for i in range(100_000)}), 400,
+         "k0: not a field", "k0"),
+        ("script key", "/ellipse", body(**{"<script>": 1}), 400, "a key of 8 characters", None),
+        # item 15: /ellipse's booleans, strings and floats for ints
+        ("ellipse true", "/ellipse", body(latitude=True, longitude=7.69, sigma_x=300,
+         sigma_y=300), 400, "valid number", "latitude"),
+        ("ellipse strings", "/ellipse", body(latitude=45, longitude="7.69", sigma_x=300,
+         sigma_y=300), 400, "valid number", "longitude"),
+        ("ellipse num_points str", "/ellipse", body(latitude=45, longitude=7, sigma_x=300,
+         sigma_y=300, num_points="8"), 400, "valid integer", "num_points"),
+        # item 18: the bound, not "NaN or infinite" / "other values"
+        ("iq_data 1e308", "/predict", body(iq_data=far), 400,
+         "a number beyond the float32 range (±3.4e+38); samples are finite, at most 1e+06",
+         "iq_data[2][40][1]"),
+        ("iq_data 10**1000", "/predict", huge.encode(), 400,
+         "a number beyond the float32 range", "iq_data[0][0][0]"),
+        ("ellipse 1e999", "/ellipse", b'{"latitude": 1e999, "longitude": 7, "sigma_x": 300, '
+         b'"sigma_y": 300}', 400, "must be a finite number >= -90 and <= 90", "latitude"),
+    ]  # fmt: skip
+    return cases
+
+
+def test_hostile_and_careless_bodies_get_small_shaped_errors(
+    server: Server, spec: FeatureSpec
+) -> None:
+    """Issue 28 items 1, 11, 15, 16, 18 through the real server: each case answered with its
+    status and message in the one error shape, in one JSON spelling (compact), a few KB at
+    most whatever the body (a 2 MB body once made a 149 MB error), without echoing the input."""
+    failures = []
+    for name, path, body, status, words, field in _bounded_cases(spec):
+        r = post(server, path, body)
+        problems = shape_problems(r, field)
+        if r.status_code != status or words not in r.text or problems:
+            failures.append(f"{name}: {r.status_code} {problems} {r.text[:300]}")
+        elif len(r.content) > 4096 or "kkkkkkkkkk" in r.text or "0000000000" in r.text:
+            failures.append(f"{name}: {len(r.content)} bytes {r.text[:300]}")
+        elif r.content != json.dumps(r.json(), separators=(",", ":"), ensure_ascii=False).encode():
+            failures.append(f"{name}: not the compact spelling {r.text[:100]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict_batch", "/ellipse"])
+def test_a_coded_body_is_refused_with_415(server: Server, spec: FeatureSpec, path: str) -> None:
+    """Item 15: nothing decodes gzip: a gzip body got "invalid JSON", a plain one labelled gzip
+    was taken. Both are 415 now, in either capture encoding."""
+    import gzip
+
+    good = _good(spec)
+    bodies = {
+        "/predict": [{"iq_data": pairs(good)}, {"iq_b64": b64(good)}],
+        "/predict_batch": [{"iq_samples": [pairs(good)]}, {"iq_b64_samples": [b64(good)]}],
+        "/ellipse": [{"latitude": 45, "longitude": 7, "sigma_x": 300, "sigma_y": 300}],
+    }[path]
+    for fields in bodies:
+        plain = json.dumps(fields).encode()
+        for content, coding in ((gzip.compress(plain), "gzip"), (plain, "gzip"), (plain, "br")):
+            r = httpx.post(
+                f"{server.url}{path}",
+                content=content,
+                headers={"content-type": "application/json", "content-encoding": coding},
+                timeout=60,
+            )
+            assert r.status_code == 415, r.text[:300]
+            assert r.json()["error"].startswith("Content-Encoding: not supported")
+            assert not shape_problems(r, None)
+        ok = httpx.post(
+            f"{server.url}{path}",
+            content=plain,
+            headers={"content-type": "application/json", "content-encoding": "identity"},
+            timeout=60,
+        )
+        assert ok.status_code == 200, ok.text[:300]
+
+
+def test_unknown_paths_are_not_echoed(server: Server) -> None:
+    """Item 11: `GET /%3Cscript%3E...` answered `path: no route GET /<script>...`, and a
+    60 KB path a 120 KB answer."""
+    for path in ("/%3Cscript%3Ealert(1)%3C/script%3E", "/" + "p" * 60_000):
+        r = httpx.get(f"{server.url}{path}", timeout=30)
+        assert r.status_code in (404, 414, 431), r.status_code
+        assert len(r.content) < 1000 and "script" not in r.text and "ppppp" not in r.text
+        assert not shape_problems(r, None)
 
 
 def test_the_greedy_wait_is_decided_from_the_served_models_own_measurement(
