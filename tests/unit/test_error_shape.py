@@ -273,3 +273,18 @@ def test_every_sender_spells_an_error_the_same() -> None:
     assert sent[1]["body"] == via_api == encode_error(payload)
     assert reshaped == encode_error(json.loads(reshaped))
     assert via_api.startswith(b'{"error":"confidence_level: \xc3\xa9 bad","field":')
+
+
+def test_a_shaped_body_in_another_spelling_is_respelled() -> None:
+    spaced = json.dumps([error_payload("tag: nope", "tag", 404)], indent=1).encode()
+    sent = run(responder(404, [spaced]))
+    assert sent[1]["body"] == encode_error(error_payload("tag: nope", "tag", 404))
+    assert dict(sent[0]["headers"])[b"content-length"] == str(len(sent[1]["body"])).encode()
+
+
+def test_no_message_names_a_framework_class() -> None:
+    msg = "Input should be a valid dictionary or instance of PredictBatchRequestIODescriptor"
+    payload = validation_payload([{"type": "model_type", "loc": [], "msg": msg}])
+    assert payload["error"] == (
+        "request body: Input should be a valid dictionary or instance of the request body"
+    )

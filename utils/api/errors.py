@@ -84,6 +84,8 @@ MAX_MSG = 300
 MAX_ERROR = 1000
 # a `loc` part that could be a field name; any other (an unknown key) is not echoed
 _LOC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# a framework class a pydantic message could name (`... instance of PredictRequestIODescriptor`)
+_CLASS_NAME = re.compile(r"\b[A-Z]\w*(?:IODescriptor|Request)\b")
 UNNAMED_KEY = "<key>"
 _LOC_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -154,7 +156,8 @@ def validation_payload(items: list[dict[str, Any]], total: int | None = None) ->
     detail = []
     for item in items[:MAX_DETAIL]:
         msg = str(item.get("msg", "invalid"))
-        msg = _cut(msg.removeprefix("Value error, ").removeprefix("Assertion failed, "), MAX_MSG)
+        msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        msg = _cut(_CLASS_NAME.sub("the request body", msg), MAX_MSG)
         loc = [_loc_part(p) for p in item.get("loc", ())]
         detail.append({"type": str(item.get("type", "invalid_input")), "loc": loc, "msg": msg})
     if not detail:

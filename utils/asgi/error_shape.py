@@ -204,11 +204,15 @@ async def _send_shaped(send: Send, start: Message, body: bytes, scope: Scope) ->
     headers = [(k.lower(), v) for k, v in start.get("headers", [])]
     content_type = next((v for k, v in headers if k == b"content-type"), b"")
     payload = reshape(start["status"], body, content_type.lower(), scope)
-    if payload is None:
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-    else:
-        await _send_payload(send, start, payload)
+    if payload is None:  # in the shape already: in its one spelling too, whoever wrote it
+        payload = json.loads(body)
+        if isinstance(payload, list):  # BentoML's `({"error": ...},)`, already shaped
+            payload = payload[0]
+        if encode_error(payload) == body:
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+    await _send_payload(send, start, payload)
 
 
 async def _send_payload(send: Send, start: Message, payload: dict[str, Any]) -> None:
