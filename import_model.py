@@ -273,8 +273,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def reload_service(url: str, tag: str, settings: Settings) -> tuple[bool, dict[str, object]]:
-    """Ask the service to serve `tag`: (taken up by every worker, the service's answer)."""
+def reload_service(url: str, tag: str, settings: Settings) -> tuple[str | None, dict[str, object]]:
+    """Ask the service to serve `tag`: (None once every worker serves `tag`, else why not;
+    the service's answer). A 200 alone is not enough: the answer must name `tag`, and so must
+    every worker's report (a service overtaken by another reload answers 409)."""
     import httpx  # only this option needs an HTTP client
 
     assert settings.admin_token is not None
@@ -287,9 +289,20 @@ def reload_service(url: str, tag: str, settings: Settings) -> tuple[bool, dict[s
         )
         answer = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        return False, {"error": f"{url}: {exc}"}
-    ok = response.status_code == 200 and bool(answer.get("workers_agree"))
-    return ok, answer
+        return f"{url}: {exc}", {"error": f"{url}: {exc}"}
+    if not isinstance(answer, dict):
+        return f"{url} answered {response.status_code} with no JSON object", {}
+    if response.status_code != 200:
+        return f"{url} answered {response.status_code}: {answer.get('error')}", answer
+    served = answer.get("bento_model_tag")
+    workers = answer.get("workers") if isinstance(answer.get("workers"), list) else []
+    others = sorted({str(w.get("bento_model_tag")) for w in workers if isinstance(w, dict)} - {tag})
+    if served != tag:
+        return f"{url} serves {served}, not {tag}", answer
+    if others or not workers or answer.get("workers_agree") is not True:
+        also = ", ".join(others) or "(workers did not all report)"
+        return f"{url} serves {tag} on some workers only; others: {also}", answer
+    return None, answer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     reloaded: dict[str, object] | None = None
     code = EXIT_OK
     if args.reload_url:
-        ok, reloaded = reload_service(args.reload_url, result.tag, settings)
-        if ok:
+        problem, reloaded = reload_service(args.reload_url, result.tag, settings)
+        if problem is None:
             log.info(
                 "%s: every worker serves %s (%s)",
                 args.reload_url,
@@ -339,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 reloaded["model_version"],
             )
         else:
-            code = _fail(EXIT_RELOAD, f"imported, but not served: {reloaded}")
+            code = _fail(EXIT_RELOAD, f"imported {result.tag}, but not served: {problem}")
     if args.json:
         extra = {"reload": reloaded} if args.reload_url else {}
         print(json.dumps({**asdict(result), **extra}, sort_keys=True))

@@ -19,7 +19,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -317,6 +319,215 @@ def test_reload_refuses_without_the_token_and_changes_nothing(server: Server) ->
     assert after["bento_model_tag"] == before["bento_model_tag"]
     assert after["workers"] == before["workers"]
     assert reloads_metric(server).get("success") == counts.get("success")
+
+
+def both_tags(server: Server, home: Path, second_version: Path) -> tuple[str, str]:
+    """The module's two stored versions, oldest first (the second imported, and taken up by
+    the watch, when this test runs alone)."""
+    store = home / "models" / "localization_model"
+    if sum(d.is_dir() for d in store.iterdir()) < 2:
+        done = import_model(home, second_version)
+        assert done.returncode == 0, done.stderr
+        served_everywhere(server, done.stdout.strip().splitlines()[-1])
+    dirs = sorted((d for d in store.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    assert len(dirs) == 2, dirs
+    return f"localization_model:{dirs[0].name}", f"localization_model:{dirs[1].name}"
+
+
+def at_once(barrier: threading.Barrier, server: Server, tag: str) -> httpx.Response:
+    barrier.wait()
+    return reload(server, {"tag": tag})
+
+
+def test_concurrent_reloads_never_claim_a_tag_other_than_the_one_asked_for(
+    server: Server, home: Path, second_version: Path, report: list[str]
+) -> None:
+    """Two reloads to different tags at once, six times: each answer is either a 200 naming
+    the tag asked for, served by every worker, or a 409; the last success is what is served."""
+    tags = both_tags(server, home, second_version)
+    conflicts = successes = 0
+    for round_ in range(6):
+        asked = tags if round_ % 2 else tags[::-1]
+        barrier = threading.Barrier(len(asked))
+        with ThreadPoolExecutor(len(asked)) as pool:
+            answers = list(pool.map(lambda t, b=barrier: at_once(b, server, t), asked))
+        won: list[tuple[int, str]] = []
+        for tag, r in zip(asked, answers, strict=True):
+            if r.status_code == 409:
+                assert r.json()["field"] == "tag", r.text
+                conflicts += 1
+                continue
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["bento_model_tag"] == tag, (tag, body)
+            assert body["workers_agree"] and {w["bento_model_tag"] for w in body["workers"]} == {
+                tag
+            }, body
+            won.append((body["generation"], tag))
+            successes += 1
+        assert won, [r.text for r in answers]
+        now = info(server)
+        assert now["workers_agree"] and now["bento_model_tag"] == max(won)[1], (won, now)
+    report.append(
+        f"reload: 6 rounds of 2 concurrent reloads to different tags: {successes} answered 200 "
+        f"with the tag asked for on every worker, {conflicts} answered 409, none another tag"
+    )
+
+
+def store_listing(home: Path) -> list[tuple[str, int, int]]:
+    """Every file and folder of the BentoML model store: (path, size, mtime_ns)."""
+    models = home / "models"
+    return sorted(
+        (str(p.relative_to(models)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in models.rglob("*")
+    )
+
+
+MALFORMED_TAGS = [
+    "../../etc",
+    "localization_model:../x",
+    "localization_model:",
+    ":v1",
+    "",
+    "a/b",
+    "localization_model:V1",
+    "localization_model:v1:v2",
+    "localization_model:-v1",
+    "localization_model:" + "v" * 64,
+    "localization model:v1",
+    "localization_model:v1\x00",
+]
+
+
+def test_malformed_tags_are_400_naming_tag_and_touch_nothing(server: Server, home: Path) -> None:
+    before, listing, counts = info(server), store_listing(home), reloads_metric(server)
+    tracebacks = server.log().count("Traceback")
+    for bad in MALFORMED_TAGS:
+        r = reload(server, {"tag": bad})
+        assert r.status_code == 400, (bad, r.status_code, r.text)
+        body = r.json()
+        assert body["field"] == "tag" and body["error"].startswith("tag: "), (bad, body)
+        if len(bad) > 3:
+            assert bad not in r.text, (bad, body)  # no input echoed back
+        assert "Traceback" not in r.text
+    after = info(server)
+    assert after["bento_model_tag"] == before["bento_model_tag"]
+    assert after["workers"] == before["workers"]
+    assert store_listing(home) == listing
+    assert reloads_metric(server) == counts
+    assert server.log().count("Traceback") == tracebacks
+
+
+def test_the_token_is_checked_before_the_body(server: Server) -> None:
+    """401 without (or with a malformed) Authorization, 403 with a wrong token, whatever the
+    body: a wrong type, an unknown key, malformed JSON, a malformed tag, or a body over the
+    route's 64 KiB; the token is checked before a byte of it is read."""
+    bodies: list[bytes] = [
+        b'{"tag": 5}',
+        b'{"x": 1}',
+        b'{"tag": ',
+        b'{"tag": "../../etc"}',
+        b'{"tag": "' + b"v" * 70_000 + b'"}',
+    ]
+    for body in bodies:
+        for headers, status in (
+            ({}, 401),
+            ({"Authorization": f"Basic {TOKEN}"}, 401),
+            ({"Authorization": f"Bearer {TOKEN[:-1]}x"}, 403),
+        ):
+            r = httpx.post(
+                f"{server.url}/model/reload",
+                content=body,
+                headers={"Content-Type": "application/json", **headers},
+                timeout=30,
+            )
+            assert r.status_code == status, (body[:20], headers, r.text)
+            assert r.json()["field"] == "authorization", r.text
+            assert (r.headers.get("www-authenticate") == "Bearer") == (status == 401)
+    # with the token, the same bodies reach validation
+    r = httpx.post(
+        f"{server.url}/model/reload",
+        content=bodies[0],
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and r.json()["field"] == "tag", r.text
+
+
+class OtherTagService(ThreadingHTTPServer):
+    """A stand-in for a service that answers a reload with `status` and `answer`: what a
+    service overtaken by another reload, or one serving another model, says."""
+
+    def __init__(self, status: int, answer: dict[str, object]) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                length = int(self.headers.get("content-length", 0))
+                outer.asked.append(json.loads(self.rfile.read(length) or b"{}"))
+                payload = json.dumps(outer.answer).encode()
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.status, self.answer, self.asked = status, answer, []
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_import_model_fails_when_the_service_serves_another_tag(
+    server: Server, home: Path, demo_registry
+) -> None:
+    """`import_model.py --reload-url` succeeds only when every worker serves the tag it
+    imported: a 200 naming another tag (workers agreeing on it) or a 409 is exit 8."""
+    settings, _ = demo_registry
+    answer = info(server)
+    imported = import_model(home, settings.local_registry_dir)
+    assert imported.returncode == 0, imported.stderr
+    tag = imported.stdout.strip().splitlines()[-1]
+    other = "localization_model:aaaaaaaaaaaaaaaa"
+    workers = [{**w, "bento_model_tag": other} for w in answer["workers"]]
+    cases = [
+        (
+            200,
+            {
+                "result": "unchanged",
+                "bento_model_tag": other,
+                "model_version": "9+other",
+                "previous_bento_model_tag": other,
+                "previous_model_version": "9+other",
+                "generation": 3,
+                "workers": workers,
+                "workers_agree": True,
+            },
+            f"serves {other}, not {tag}",
+        ),
+        (
+            409,
+            {"error": "tag: overtaken", "field": "tag", "detail": []},
+            "409",
+        ),
+    ]
+    for status, body, expected in cases:
+        fake = OtherTagService(status, body)
+        try:
+            done = import_model(home, settings.local_registry_dir, "--reload-url", fake.url)
+        finally:
+            fake.shutdown()
+            fake.server_close()
+        assert fake.asked == [{"tag": tag}]
+        assert done.returncode == 8, (done.returncode, done.stderr)
+        assert expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_reload_benchmark_runs_and_writes_its_results(home: Path, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from utils.serving.cache import LRUCache
 from utils.serving.departure import Departure
 from utils.serving.model_control import ModelControl, WorkerStatus
 from utils.serving.model_store import UnknownModel, full_tag
-from utils.serving.reload import ModelReloader, ReloadRefused, initial_model
+from utils.serving.reload import ModelReloader, ReloadConflict, ReloadRefused, initial_model
 
 
 @pytest.fixture(scope="module")
@@ -353,3 +353,140 @@ def test_a_starting_worker_takes_up_the_recorded_model_or_says_why_not(
     store.broken.add("m:1")  # its bytes changed since: the start model, and the reason
     served_model, generation, error = initial_model(control, start, store.resolve, store.load)
     assert served_model.tag == "m:2" and "m:1 refused" in (error or "")
+
+
+# --- one reload at a time, and tags checked before the store ------------------------------------
+
+
+def _hold_reload_lock(folder: str, held: Any, release: Any) -> None:
+    lock = ModelControl(Path(folder)).try_lock_reload()
+    assert lock is not None
+    held.set()
+    release.wait(30)
+    lock.release()
+
+
+def test_the_reload_lock_excludes_other_processes_and_other_holders(tmp_path: Path) -> None:
+    control = ModelControl(tmp_path)
+    first = control.try_lock_reload()
+    assert first is not None
+    assert control.try_lock_reload() is None  # another holder in this process
+    first.release()
+    ctx = multiprocessing.get_context("fork")
+    held, release = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_hold_reload_lock, args=(str(tmp_path), held, release))
+    other.start()
+    try:
+        assert held.wait(30)
+        assert control.try_lock_reload() is None  # another worker is reloading
+    finally:
+        release.set()
+        other.join(30)
+    again = control.try_lock_reload()
+    assert again is not None
+    again.release()
+
+
+def test_a_reload_waits_for_the_one_in_progress_then_answers_409(
+    tmp_path: Path, two: tuple[ModelRuntime, ModelRuntime]
+) -> None:
+    a, b = two
+    store = FakeStore({"m:1": a, "m:2": b})
+    r, pipe = reloader(tmp_path, store, "m:1")
+    busy = r.control.try_lock_reload()  # another worker's reload, never finishing
+    assert busy is not None
+    with pytest.raises(ReloadConflict) as caught:
+        asyncio.run(r.reload("m:2"))
+    busy.release()
+    assert pipe.served.tag == "m:1" and store.loads == ["m:1"]  # nothing loaded, nothing swapped
+    assert r.control.desired().generation == 0  # type: ignore[union-attr]
+    response = to_response(caught.value, "m:1")
+    assert response.status_code == 409 and b'"field":"tag"' in response.body
+
+    async def released_while_waiting() -> str:
+        held = r.control.try_lock_reload()
+        assert held is not None
+        asyncio.get_running_loop().call_later(0.3, held.release)
+        return (await r.reload("m:2")).served.tag
+
+    assert asyncio.run(released_while_waiting()) == "m:2"
+
+
+class Overtaking(ModelControl):
+    """A shared folder where another writer publishes while a reload converges."""
+
+    def __init__(self, folder: Path, tag: str) -> None:
+        super().__init__(folder)
+        self.tag, self.armed = tag, False
+
+    def workers(self) -> list[WorkerStatus]:
+        if self.armed:
+            self.armed = False
+            self.publish(self.tag, "elsewhere")
+        return super().workers()
+
+
+def test_a_reload_overtaken_before_it_answers_claims_nothing(
+    tmp_path: Path, two: tuple[ModelRuntime, ModelRuntime]
+) -> None:
+    a, b = two
+    store = FakeStore({"m:1": a, "m:2": b})
+    r, _ = reloader(tmp_path, store, "m:1")
+    r.control = control = Overtaking(tmp_path, "m:1")
+    control.armed = True
+    with pytest.raises(ReloadConflict):
+        asyncio.run(r.reload("m:2"))
+    outcome = asyncio.run(r.reload("m:2"))  # not overtaken: the tag asked for, agreed
+    assert outcome.served.tag == "m:2" and outcome.workers_agree
+
+
+def test_the_watch_does_not_wait_for_a_reload_in_progress(
+    tmp_path: Path, two: tuple[ModelRuntime, ModelRuntime]
+) -> None:
+    a, b = two
+    store = FakeStore({"m:1": a})
+    r, pipe = reloader(tmp_path, store, "m:1", watch_s=1.0)
+    store.runtimes["m:2"], store.latest = b, "m:2"  # a new import
+    busy = r.control.try_lock_reload()
+    assert busy is not None
+    asyncio.run(r.watch())  # returns at once, claims nothing
+    assert pipe.served.tag == "m:1"
+    busy.release()
+    asyncio.run(r.watch())  # the next look takes it up
+    assert pipe.served.tag == "m:2"
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "../../etc",
+        "m:../x",
+        "m:",
+        ":v1",
+        "",
+        "a/b",
+        "m:V1",
+        "m:v1:v2",
+        "m:-v1",
+        "m:v1.",
+        "m:" + "v" * 64,
+        "m m:v1",
+        "m:v1\x00",
+        "m:v1\n",
+    ],
+)
+def test_a_malformed_tag_is_400_before_the_store_is_touched(tag: str) -> None:
+    with pytest.raises(UnknownModel) as caught:
+        full_tag("m", tag)
+    assert caught.value.status == 400
+    response = to_response(caught.value, "m:1")
+    assert response.status_code == 400 and b'"field":"tag"' in response.body
+    assert b"lowercase letters" in response.body
+    if len(tag) > 3:
+        assert tag.encode() not in response.body  # the input is not echoed
+
+
+def test_well_formed_tags_pass() -> None:
+    assert full_tag("m", "m:" + "v" * 63) == "m:" + "v" * 63
+    assert full_tag("m", "1.0_a-b") == "m:1.0_a-b"
+    assert full_tag("m", "latest") == "m:latest"

@@ -25,7 +25,7 @@ from utils.serving import metrics
 from utils.serving.departure import ClientLeft
 from utils.serving.greedy import Overloaded
 from utils.serving.model_store import UnknownModel
-from utils.serving.reload import ReloadRefused
+from utils.serving.reload import ReloadConflict, ReloadRefused
 
 if TYPE_CHECKING:
     from utils.api.responses import ModelOutputError
@@ -68,6 +68,7 @@ ERROR_TYPES: dict[int, str] = {
     404: "not_found",
     405: "method_not_allowed",
     408: "body_timeout",
+    409: "conflict",
     413: "too_large",
     415: "unsupported_media_type",
     422: "model_refused",
@@ -211,7 +212,7 @@ def to_response(exc: Exception, model_tag: str) -> JSONResponse:
     if isinstance(exc, InvalidField):
         metrics.ERRORS.labels("too_many_items" if exc.status == 413 else "invalid_input").inc()
         return error_body(str(exc), exc.field, exc.status)
-    if isinstance(exc, UnknownModel | ReloadRefused):  # POST /model/reload: nothing changed
+    if isinstance(exc, UnknownModel | ReloadRefused | ReloadConflict):  # POST /model/reload
         return error_body(f"tag: {exc}", "tag", exc.status)
     if isinstance(exc, AdminRefused):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None

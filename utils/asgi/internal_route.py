@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from utils.api.errors import AdminRefused
 from utils.api.model_reload import authorize
-from utils.asgi.error_shape import send_error
+from utils.asgi.admin_route import authorization, refuse
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,8 +61,6 @@ class InternalRoutes:
         if scope["type"] != "http" or path not in self.paths or _INTERNAL.get():
             await self.app(scope, receive, send)
             return
-        headers = [v for k, v in scope.get("headers", []) if k == b"authorization"]
-        header = headers[0].decode("latin-1") if len(headers) == 1 else None
         try:
             if self.token is None:
                 raise AdminRefused(
@@ -70,11 +68,8 @@ class InternalRoutes:
                     f"{path} is internal to the service (BATCH_DISPATCH=proxy); with no "
                     "ADMIN_TOKEN configured it takes no outside requests: use /predict_batch",
                 )
-            authorize(header, self.token)
+            authorize(authorization(scope), self.token)
         except AdminRefused as exc:
-            extra = [(b"connection", b"close")]
-            if exc.status == 401:
-                extra.append((b"www-authenticate", b"Bearer"))
-            await send_error(send, exc.status, str(exc), "authorization", headers=extra)
+            await refuse(send, exc)
             return
         await self.app(scope, receive, send)

@@ -18,6 +18,7 @@ from utils.api.schemas import (
     PredictRequest,
     SampleSceneRequest,
 )
+from utils.asgi.admin_route import AdminRoutes
 from utils.asgi.api_page import APIPage
 from utils.asgi.arrival_count import ArrivalCount
 from utils.asgi.body_deadline import BodyDeadline
@@ -39,6 +40,7 @@ from utils.serving.arrivals import Arrivals
 Layer = tuple[type, dict[str, Any]]
 
 INTERNAL = ("/infer",)
+ADMIN = ("/model/reload",)
 PREDICT_ROUTES = ("/predict", "/predict_batch")
 JSON_ROUTES = (
     "/predict",
@@ -71,6 +73,8 @@ def layers(settings: Settings, body_limits: Limits, arrivals: Arrivals) -> list[
         (ErrorShape, {}),
         # /infer: the service's own calls (BATCH_DISPATCH=proxy) and operators (ADMIN_TOKEN)
         (InternalRoutes, {"paths": INTERNAL, "token": settings.admin_token}),
+        # /model/reload: the token before the body is read, limited or validated
+        (AdminRoutes, {"paths": ADMIN, "token": settings.admin_token}),
         (BodySizeLimit, {"limits": body_limits, "max_json_values": settings.max_json_values}),
         # per worker: bodies held at once (503 + Retry-After beyond); /infer carries a
         # predict's copy

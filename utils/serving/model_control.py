@@ -12,6 +12,12 @@ The folder is created by the serve process when it imports `service.py`, before 
 workers, and handed to them in an environment variable (workers inherit the environment);
 it lives as long as that process, so a reload lasts until the service restarts (README,
 "Model updates"). Writes are atomic (`os.replace`) and read-modify-write goes under `flock`.
+
+Reloads are serialised across the workers by a second lock, `reload.lock`, held by the one
+worker reloading from before it resolves the tag until every worker has answered: two reloads
+to different tags cannot interleave, so an answer names the model every worker then serves
+(issue 28, item 7). It is taken without blocking (`try_lock_reload`) so that the event loop
+holding it keeps serving, and `flock` releases it when its process dies.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 from pydantic import BaseModel, ValidationError
 
@@ -69,6 +76,19 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class ReloadLock:
+    """`reload.lock` held by this process (see the module docstring); `release` it once."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+        finally:
+            self._handle.close()
+
+
 class ModelControl:
     """The shared folder of one serve process (see the module docstring)."""
 
@@ -76,6 +96,7 @@ class ModelControl:
         self.folder = folder
         self._desired = folder / "desired.json"
         self._lock = folder / "desired.lock"
+        self._reload_lock = folder / "reload.lock"
 
     @classmethod
     def for_serve_process(cls) -> tuple[ModelControl, bool]:
@@ -151,6 +172,19 @@ class ModelControl:
         result = self.update(bump)
         assert result is not None
         return result
+
+    # --- one reload at a time, across the workers -------------------------------------------------
+    def try_lock_reload(self) -> ReloadLock | None:
+        """The reload lock if no reload (of any worker, or of this one) holds it, else None.
+        Each call opens its own file description, so two holders in one process exclude
+        each other too."""
+        handle = self._reload_lock.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return ReloadLock(handle)
 
     # --- what each worker serves -----------------------------------------------------------------
     def report(self, status: WorkerStatus) -> None:

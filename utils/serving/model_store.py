@@ -7,6 +7,7 @@ valid tag characters) instead of a copy of them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import bentoml
@@ -22,16 +23,28 @@ class UnknownModel(LookupError):
         super().__init__(message)
 
 
+#: A tag's name or version, BentoML's grammar: lowercase letters, digits, `-`, `_` and `.`,
+#: starting and ending with a letter or digit, at most 63 characters.
+_TAG_PART = re.compile(r"[a-z0-9](?:[-._a-z0-9]{0,61}[a-z0-9])?")
+TAG_FORM = (
+    "must be `<name>:<version>` or `<version>`, each of lowercase letters, digits, '-', '_' "
+    "and '.', starting and ending with a letter or digit, at most 63 characters"
+)
+
+
 def full_tag(name: str, tag: str | None) -> str:
     """`None` -> `<name>:latest`; a bare version -> `<name>:<version>`; `<name>:<v>` as is.
-    Another model's name is refused: a service serves versions of one model."""
-    if not tag:
+    Checked before the store is touched: a malformed tag (`../x`, BentoML refused it with a
+    500) and another model's name are 400; a service serves versions of one model. No
+    message repeats the tag."""
+    if tag is None:
         return f"{name}:latest"
-    if ":" not in tag:
-        return f"{name}:{tag}"
-    if tag.split(":", 1)[0] != name:
-        raise UnknownModel(f"{tag} is not a version of {name}, the model this service serves", 400)
-    return tag
+    given, colon, version = tag.rpartition(":")
+    if not _TAG_PART.fullmatch(version) or (colon and not _TAG_PART.fullmatch(given)):
+        raise UnknownModel(TAG_FORM, 400)
+    if colon and given != name:
+        raise UnknownModel(f"not a version of {name}, the model this service serves", 400)
+    return f"{name}:{version}"
 
 
 def stored(name: str, tag: str | None) -> StoredModel:
@@ -39,10 +52,10 @@ def stored(name: str, tag: str | None) -> StoredModel:
     wanted = full_tag(name, tag)
     try:
         model = bentoml.models.get(wanted)
-    except ValueError as exc:  # BentoML's message says which characters a tag may use
-        raise UnknownModel(str(exc), 400) from None
+    except ValueError:  # a form `full_tag` lets through and BentoML does not: no such model
+        raise UnknownModel(TAG_FORM, 400) from None
     except bentoml.exceptions.NotFound:
-        raise UnknownModel(f"{wanted} is not in the BentoML model store", 404) from None
+        raise UnknownModel(f"no such version of {name} in the BentoML model store", 404) from None
     return from_bento(model)
 
 

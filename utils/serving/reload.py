@@ -10,6 +10,13 @@ response, one log line, `rfloc_model_reloads_total{result="failed"}`).
 
 The swap is atomic per worker (one attribute assignment on the event loop); a request keeps
 the model it started with to its end, and a batch runs on one model (`utils/api/pipeline.py`).
+
+Reloads are serialised across the workers (`ModelControl.try_lock_reload`): a reload waits, at
+most `RELOAD_WAIT_S`, for one in progress to answer, else 409. Two reloads to different tags
+could otherwise interleave (A publishes 2, B publishes 3, A's workers converge on 3) and answer
+200 naming a model other than the one asked for. A 200 names the tag asked for, and says
+whether every worker serves it; should the shared record have moved on before the answer, the
+reload is 409, not a claim about a model it did not put in place.
 """
 
 from __future__ import annotations
@@ -28,18 +35,27 @@ import anyio.to_thread
 from utils.model.runtime import ModelLoadError
 from utils.model.served import ServedModel, StoredModel
 from utils.serving import metrics
-from utils.serving.model_control import DesiredModel, ModelControl, WorkerStatus
+from utils.serving.model_control import DesiredModel, ModelControl, ReloadLock, WorkerStatus
 
 log = logging.getLogger("bentoml.service.localization")
 
 #: How often a worker looks at the shared folder: a reload reaches every worker within this.
 POLL_S = 0.25
+#: How often a reload waiting for another one in progress looks whether it has finished.
+LOCK_POLL_S = 0.05
 
 
 class ReloadRefused(Exception):
     """The requested model failed its checks; nothing changed."""
 
     status = 422
+
+
+class ReloadConflict(Exception):
+    """Another reload was in progress past the wait, or moved the model on before this one
+    could answer: this one claims nothing (409); ask again."""
+
+    status = 409
 
 
 class Swappable(Protocol):
@@ -165,8 +181,31 @@ class ModelReloader:
         return True
 
     async def reload(self, tag: str | None, why: str = "request") -> ReloadOutcome:
-        """The operator's reload: `tag` (a rollback) or the newest import. Raises
-        `UnknownModel` or `ReloadRefused` with nothing changed."""
+        """The operator's reload: `tag` (a rollback) or the newest import, once no other
+        reload is in progress. Raises `UnknownModel` or `ReloadRefused` with nothing changed,
+        `ReloadConflict` when another reload held on past the wait or overtook this one."""
+        held = await self._lock_reload()
+        try:
+            return await self._reload_holding(tag, why)
+        finally:
+            held.release()
+
+    async def _lock_reload(self) -> ReloadLock:
+        """The cross-worker reload lock, waiting at most `converge_timeout_s` for it (polled:
+        the event loop keeps serving, and this worker keeps following the one reloading)."""
+        deadline = time.monotonic() + self.converge_timeout_s
+        while (held := self.control.try_lock_reload()) is None:
+            if time.monotonic() >= deadline:
+                raise ReloadConflict(
+                    f"another reload was still in progress after {self.converge_timeout_s:g} s;"
+                    " nothing changed, ask again once it has answered"
+                )
+            await asyncio.sleep(LOCK_POLL_S)
+        return held
+
+    async def _reload_holding(self, tag: str | None, why: str) -> ReloadOutcome:
+        """`reload`, the reload lock held: load-check-swap, publish, converge, then answer
+        only for the model this reload put in place."""
         async with self._lock:
             stored = await anyio.to_thread.run_sync(self._resolve, tag)
             previous = self.target.served
@@ -179,24 +218,34 @@ class ModelReloader:
             desired = self.control.publish(stored.tag, why)
             self.generation = desired.generation
             self.report()
-        workers, agree = await self._converge(desired)
+        workers = await self._converge(desired)
+        now = self.control.desired()
+        served = self.target.served
+        if now is None or now.generation != desired.generation or served.tag != stored.tag:
+            raise ReloadConflict(
+                "another reload moved the service on before this one could answer; "
+                "see /model/info for what is served"
+            )
+        agree = len(workers) >= self.expected_workers and all(
+            w.bento_model_tag == stored.tag for w in workers
+        )
         return ReloadOutcome(
             "unchanged" if unchanged else "reloaded",
-            self.target.served,
+            served,
             previous,
             desired.generation,
             workers,
             agree,
         )
 
-    async def _converge(self, desired: DesiredModel) -> tuple[list[WorkerStatus], bool]:
-        """Wait (bounded) until every worker has acted on `desired`."""
+    async def _converge(self, desired: DesiredModel) -> list[WorkerStatus]:
+        """Wait (bounded) until every worker has acted on `desired`; their reports."""
         deadline = time.monotonic() + self.converge_timeout_s
         while True:
-            workers, agree = self.workers()
+            workers = self.control.workers()
             acted = [w for w in workers if w.generation >= desired.generation]
             if len(acted) >= self.expected_workers or time.monotonic() > deadline:
-                return workers, agree
+                return workers
             await asyncio.sleep(POLL_S / 2)
 
     # --- following the others, and the store ----------------------------------------------------
@@ -224,10 +273,22 @@ class ModelReloader:
 
     async def watch(self) -> None:
         """`MODEL_WATCH_SECONDS`: a new import of the model is taken up. The newest tag seen is
-        shared, so one worker claims it, and a rollback is not undone by the next look."""
+        shared, so one worker claims it, and a rollback is not undone by the next look. While
+        a reload is in progress the watch does not wait (it runs in the loop that follows
+        that reload): the next look sees the import again."""
         latest = await anyio.to_thread.run_sync(self._latest)
         if latest is None:
             return
+        held = self.control.try_lock_reload()
+        if held is None:
+            return
+        try:
+            await self._watched(latest)
+        finally:
+            held.release()
+
+    async def _watched(self, latest: str) -> None:
+        """`watch`, the reload lock held."""
         claimed = False
 
         def claim(current: DesiredModel | None) -> DesiredModel | None:
@@ -239,8 +300,12 @@ class ModelReloader:
 
         self.control.update(claim)
         if claimed and latest != self.target.served.tag:
-            with contextlib.suppress(LookupError, ReloadRefused):  # logged and counted
-                await self.reload(latest, "watch")
+            try:
+                await self._reload_holding(latest, "watch")
+            except (LookupError, ReloadRefused):  # a refusal is logged and counted
+                pass
+            except ReloadConflict as exc:
+                log.warning("model reload (watch) of %s: %s", latest, exc)
 
     async def _loop(self) -> None:
         while True:
