@@ -123,7 +123,7 @@ class Localization:
             error=error,
         )
         self.ready = True
-        metrics.model_loaded(served)
+        metrics.initialise(served)  # every known series at 0, and the served model
         for warning in served.runtime.warnings:
             log.warning(warning)
         cache = self.pipeline.cache.backend

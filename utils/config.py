@@ -143,6 +143,14 @@ class Settings(BaseSettings):
         description="Label BentoML's request metrics by route, so invented paths cannot add "
         "series (utils/asgi/route_labels.py); false keeps BentoML's raw-path labels.",
     )
+    metrics_read_share: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="At most this share of a core goes to reading every worker's metrics for "
+        "/metrics and /model/info, however many ask: concurrent requests share one read "
+        "(utils/serving/metrics_snapshot.py). 1: reads back to back.",
+    )
 
     # --- request limits -------------------------------------------------------------------
     max_samples_per_capture: int = Field(default=65_536, gt=0)

@@ -53,6 +53,9 @@ def test_the_api_page_has_no_third_party_source_and_a_strict_csp(server: Server)
     assert page.status_code == 200 and "swagger-ui" in page.text
     assert "googletagmanager" not in page.text and "GTM-" not in page.text
     assert page.headers["content-security-policy"] == CSP
+    assert "frame-ancestors 'none'" in CSP  # no other site may frame it (clickjacking)
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
     assert int(page.headers["content-length"]) == len(page.content)
     sources = Sources()
     sources.feed(page.text)

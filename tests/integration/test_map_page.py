@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 
 from tests.support.serving import Server, start_server
 from utils.api.decoding import encode_capture
+from utils.asgi.map_page import CSP as MAP_CSP
 from utils.config import PROJECT_ROOT
 from utils.dsp.feature_spec import FeatureSpec
 from utils.dsp.synthetic import generate_scenes, great_circle_km
@@ -36,6 +38,20 @@ def server(home: Path) -> Iterator[Server]:
     srv = start_server(home, home / "map.log", env={"SERVICE_WORKERS": "1"})
     yield srv
     srv.stop()
+
+
+def wait_for(page: Any, expression: str, timeout: float = 30_000) -> None:
+    """Wait until `expression` is truthy in the page, evaluated from outside it.
+
+    Playwright's `wait_for_function` polls with `eval` inside the page, which the map page's
+    CSP forbids (no 'unsafe-eval'), so it fails there; `page.evaluate` runs through the
+    DevTools protocol and the page keeps its real CSP under test."""
+    deadline = time.monotonic() + timeout / 1000
+    check = f"(() => {{ try {{ return !!({expression}); }} catch {{ return false; }} }})()"
+    while not page.evaluate(check):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true after {timeout / 1000:g} s: {expression}")
+        page.wait_for_timeout(50)
 
 
 @pytest.fixture()
@@ -54,7 +70,7 @@ def page(browser: Any, server: Server) -> Iterator[tuple[Any, list[str]]]:
     page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
     page.route(OSM, lambda route: route.abort())  # no network here: the offline basemap
     page.goto(f"{server.url}/map/")
-    page.wait_for_function("window.rfmap && window.rfmap.ready", timeout=60_000)
+    wait_for(page, "window.rfmap && window.rfmap.ready", timeout=60_000)
     yield page, errors
     context.close()
 
@@ -115,7 +131,7 @@ def test_sample_scene_draws_the_ellipse_of_ellipse_and_the_true_error(
 ) -> None:
     p, errors = page
     p.click("#scene")
-    p.wait_for_function("window.rfmap.last && window.rfmap.last.prediction", timeout=60_000)
+    wait_for(p, "window.rfmap.last && window.rfmap.last.prediction", timeout=60_000)
     last = p.evaluate("window.rfmap.last")
     prediction, scene = last["prediction"], last["scene"]
     u = prediction["uncertainty"]
@@ -157,8 +173,8 @@ def test_the_playground_redraws_on_a_slider_and_across_the_antimeridian(
     p, errors = page
     before = p.evaluate("window.rfmap.redraws")
     p.locator("#rho").fill("-0.6")
-    p.wait_for_function(f"window.rfmap.redraws > {before}", timeout=30_000)
-    p.wait_for_function("window.rfmap.lastEllipse.params.rho === -0.6", timeout=30_000)
+    wait_for(p, f"window.rfmap.redraws > {before}", timeout=30_000)
+    wait_for(p, "window.rfmap.lastEllipse.params.rho === -0.6", timeout=30_000)
     params = p.evaluate("window.rfmap.lastEllipse.params")
     same = httpx.post(f"{server.url}/ellipse", json=params, timeout=30).json()
     np.testing.assert_allclose(
@@ -167,7 +183,7 @@ def test_the_playground_redraws_on_a_slider_and_across_the_antimeridian(
     for button, kind in (("antimeridian", "MultiPolygon"), ("near the pole", None)):
         count = p.evaluate("window.rfmap.redraws")
         p.get_by_role("button", name=button).click()
-        p.wait_for_function(f"window.rfmap.redraws > {count}", timeout=30_000)
+        wait_for(p, f"window.rfmap.redraws > {count}", timeout=30_000)
         geometry = p.evaluate("window.rfmap.lastEllipse.ellipse.geojson.geometry")
         if kind:
             assert geometry["type"] == kind  # cut at 180 degrees (RFC 7946)
@@ -184,7 +200,7 @@ def test_a_dropped_npy_capture_is_predicted_like_its_iq_b64(
     path = tmp_path / "capture.npy"
     np.save(path, capture.iq[0].astype(np.complex64))
     p.set_input_files("#file", str(path))
-    p.wait_for_function("window.rfmap.last && window.rfmap.last.prediction", timeout=60_000)
+    wait_for(p, "window.rfmap.last && window.rfmap.last.prediction", timeout=60_000)
     shown = p.evaluate("window.rfmap.last.prediction")
     direct = httpx.post(
         f"{server.url}/predict", json={"iq_b64": encode_capture(capture.iq[0])}, timeout=60
@@ -194,7 +210,8 @@ def test_a_dropped_npy_capture_is_predicted_like_its_iq_b64(
     bad = tmp_path / "wrong.npy"
     np.save(bad, capture.iq[0].astype(np.complex128))
     p.set_input_files("#file", str(bad))
-    p.wait_for_function(
+    wait_for(
+        p,
         "document.getElementById('file-result').textContent.includes('complex64')",
         timeout=30_000,
     )
@@ -221,9 +238,9 @@ def test_a_dropped_json_body_is_predicted_and_tiles_are_used_when_reachable(
     page.route(OSM, tile)
     try:
         page.goto(f"{server.url}/map/")
-        page.wait_for_function("window.rfmap && window.rfmap.ready", timeout=60_000)
+        wait_for(page, "window.rfmap && window.rfmap.ready", timeout=60_000)
         assert "OpenStreetMap over Natural Earth" in page.text_content("#basemap")
-        page.wait_for_function("document.querySelectorAll('.leaflet-tile').length > 0")
+        wait_for(page, "document.querySelectorAll('.leaflet-tile').length > 0")
         assert len(tiles) > 1  # the probe, then the map's own tiles
         info = httpx.get(f"{server.url}/model/info", timeout=30).json()
         spec = FeatureSpec.model_validate(info["feature_spec"])
@@ -232,7 +249,7 @@ def test_a_dropped_json_body_is_predicted_and_tiles_are_used_when_reachable(
         path = tmp_path / "body.json"
         path.write_text(json.dumps(body))
         page.set_input_files("#file", str(path))
-        page.wait_for_function("window.rfmap.last && window.rfmap.last.prediction")
+        wait_for(page, "window.rfmap.last && window.rfmap.last.prediction")
         shown = page.evaluate("window.rfmap.last.prediction")
         direct = httpx.post(f"{server.url}/predict", json=body, timeout=60).json()
         assert shown["position"] == direct["position"]
@@ -240,3 +257,27 @@ def test_a_dropped_json_body_is_predicted_and_tiles_are_used_when_reachable(
         assert not errors, errors
     finally:
         context.close()
+
+
+def test_the_map_page_and_its_files_cannot_be_framed_or_sniffed(server: Server) -> None:
+    """Every answer under /map/ carries the page's CSP (this origin, OpenStreetMap's tiles,
+    no framing), X-Frame-Options and nosniff; the browser tests above run under that CSP
+    (a blocked request or script would be a console error there)."""
+    for path in ("/map/", "/map/map.js", "/map/vendor/leaflet/leaflet.css"):
+        r = httpx.get(f"{server.url}{path}", timeout=30)
+        assert r.status_code == 200, path
+        assert r.headers["content-security-policy"] == MAP_CSP, path
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_map_redirects_relatively_whatever_the_host_header(server: Server) -> None:
+    """`/map` -> `/map/` with `Location: /map/`: never a URL built from the client's Host."""
+    for host in (None, "evil.example"):
+        headers = {"host": host} if host else {}
+        r = httpx.get(f"{server.url}/map", headers=headers, timeout=30)
+        assert r.status_code in (307, 308), r.text
+        assert r.headers["location"] == "/map/"
+    followed = httpx.get(f"{server.url}/map", timeout=30, follow_redirects=True)
+    assert followed.status_code == 200 and followed.url.path == "/map/"

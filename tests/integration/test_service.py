@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import re
+import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +67,44 @@ def post(server: Server, path: str, body: object, timeout: float = 60) -> httpx.
         timeout=timeout,
         headers={"content-type": "application/json"},
     )
+
+
+def documented_metrics() -> set[str]:
+    """Every rfloc_* family docs/api.md and README name."""
+    from utils.config import PROJECT_ROOT
+
+    text = " ".join((PROJECT_ROOT / f).read_text() for f in ("docs/api.md", "README.md"))
+    return set(re.findall(r"\brfloc_[a-z_]+[a-z]", text))
+
+
+def test_a_fresh_server_lists_every_documented_metric_at_zero(server: Server) -> None:
+    """Before any event, /metrics lists every documented rfloc_* family, and a labelled one
+    every known label value at 0 (alerts see 0, not "no data"). First in the module: nothing
+    has been predicted, reloaded or cached yet."""
+    from utils.serving.metrics import KNOWN_LABELS
+
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    families = set(re.findall(r"^# HELP (rfloc_\w+) ", text, re.M))
+    documented = documented_metrics()
+    assert {"rfloc_model_reloads_total", "rfloc_cache_errors_total"} <= documented
+    assert not {
+        name for name in documented if name not in families and f"{name}_total" not in families
+    }, documented - families
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("rfloc_")
+    }
+    for metric, values in KNOWN_LABELS.items():
+        name = metric._name  # the family name as exposed
+        (label,) = metric._labelnames
+        for value in values:
+            series = [k for k in samples if k.startswith(name) and f'{label}="{value}"' in k]
+            assert series, f"{name}{{{label}={value!r}}} missing"
+    for result in ("success", "unchanged", "failed"):
+        assert samples[f'rfloc_model_reloads_total{{result="{result}"}}'] == 0.0
+    for op in ("get", "set", "decode"):
+        assert samples[f'rfloc_cache_errors_total{{op="{op}"}}'] == 0.0
 
 
 def test_predict_with_both_encodings(server: Server, spec: FeatureSpec) -> None:
@@ -879,3 +920,72 @@ def test_start_message_says_where_to_go_and_its_examples_run(server: Server) -> 
     ellipse, prediction = (json.loads(a.stdout) for a in answers)
     assert ellipse["semi_major_m"] > ellipse["semi_minor_m"] > 0, ellipse
     assert set(prediction["position"]) >= {"latitude", "longitude"}, prediction
+
+
+def test_model_info_and_sample_scene_answer_get_head_and_post_and_say_so(server: Server) -> None:
+    """GET and HEAD work where POST does (HEAD: the headers alone); any other method is 405
+    naming all three in `Allow`, in the one error shape (docs/api.md §1.3), like a 404."""
+    for path in ("/model/info", "/sample_scene"):
+        got = httpx.get(f"{server.url}{path}", timeout=30)
+        head = httpx.head(f"{server.url}{path}", timeout=30)
+        assert got.status_code == head.status_code == 200, head.text
+        assert head.content == b"" and head.headers["content-type"] == "application/json"
+        for method in ("PUT", "DELETE"):
+            refused = httpx.request(method, f"{server.url}{path}", json={}, timeout=30)
+            assert refused.status_code == 405, refused.text
+            assert refused.headers.get_list("allow") == ["GET, HEAD, POST"]
+            assert refused.json()["detail"][0]["type"] == "method_not_allowed"
+    wrong = httpx.get(f"{server.url}/predict", timeout=30)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.headers["content-type"] == "application/json" and wrong.json()["field"] is None
+    unknown = httpx.get(f"{server.url}/no/such/route", timeout=30)
+    assert unknown.status_code == 404 and unknown.json()["detail"][0]["type"] == "not_found"
+
+
+def test_metrics_answer_what_was_written_before_them_and_head_works(
+    server: Server, spec: FeatureSpec
+) -> None:
+    """/metrics comes from a read shared by concurrent scrapes, never one older than the
+    request: 16 scrapes at once right after a prediction all count it."""
+    before = _counter(server, "rfloc_model_inferences_total")
+    capture = generate_scenes(1, seed=733, spec=spec).iq[0]
+    assert post(server, "/predict", {"iq_b64": b64(capture), "cache_enabled": False}).is_success
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        seen = list(pool.map(lambda _: _counter(server, "rfloc_model_inferences_total"), range(16)))
+    assert seen == [before + 1] * 16
+    head = httpx.head(f"{server.url}/metrics", timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("text/plain")
+
+
+def test_a_killed_workers_metric_files_are_merged_and_its_counts_kept(server: Server) -> None:
+    """A worker killed (SIGKILL) leaves its Prometheus files; the next read folds them into
+    one merged file per kind, so restarts do not make every later read dearer, and no count
+    is lost. (Last in the module: a worker is respawned.)"""
+    folder = server.log_path.parent / "prometheus_multiproc_dir"
+    names = ("rfloc_model_inferences_total", "rfloc_predictions_total", "rfloc_errors_total")
+    before = {name: _counter(server, name) for name in names}
+    requests_before = _counter(server, "bentoml_service_request_total")
+    workers = httpx.get(f"{server.url}/model/info", timeout=10).json()["workers"]
+    victim = workers[0]["pid"]
+    assert list(folder.glob(f"counter_{victim}.db"))  # its counts are in its own files
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            answer = httpx.get(f"{server.url}/model/info", timeout=10)
+        except httpx.HTTPError:
+            continue
+        pids = {w["pid"] for w in answer.json()["workers"]} if answer.is_success else set()
+        if victim not in pids and len(pids) == 2:
+            break
+    else:
+        raise AssertionError("no worker was respawned")
+    after = {name: _counter(server, name) for name in names}
+    assert after == before
+    # every request since is counted too (the /model/info polls and /metrics reads above)
+    assert _counter(server, "bentoml_service_request_total") > requests_before
+    left = sorted(p.name for p in folder.glob(f"*_{victim}.db"))
+    assert left == [f"gauge_all_{victim}.db"], left  # only its per-pid gauge: pid is a label
+    assert (folder / "counter_merged.db").exists() and (folder / "histogram_merged.db").exists()

@@ -488,7 +488,7 @@ def test_get_as_post_rewrites_get_on_listed_path_to_post_with_empty_json() -> No
     [
         ("GET", "/health", b""),
         ("GET", "/model/info/", b""),
-        ("HEAD", "/model/info", b""),
+        ("HEAD", "/health", b""),
         ("POST", "/model/info", b'{"verbose": true}'),
     ],
 )
@@ -524,6 +524,27 @@ def test_get_as_post_lets_a_post_only_starlette_route_answer_get() -> None:
     response = call(GetAsPost(app, paths=("/model/info",)), "GET", "/model/info")
     assert response.status_code == 200
     assert response.json() == {"method": "POST", "body": "{}", "type": "application/json"}
+
+
+def test_get_as_post_answers_head_like_get_and_names_every_method_in_allow() -> None:
+    """HEAD is a GET without the body (the server drops it); a 405 there names GET and HEAD
+    beside the framework's POST (it said `Allow: POST`, though GET works)."""
+
+    async def info(request: Request) -> JSONResponse:
+        return JSONResponse({"method": request.method})
+
+    app = Starlette(routes=[Route("/model/info", info, methods=["POST"])])
+    wrapped = GetAsPost(app, paths=("/model/info",))
+    refused = call(app, "PUT", "/model/info")
+    assert (refused.status_code, refused.headers["allow"]) == (405, "POST")  # control
+    head = call(wrapped, "HEAD", "/model/info")
+    assert head.status_code == 200
+    assert int(head.headers["content-length"]) == len(b'{"method":"POST"}')
+    for method in ("PUT", "DELETE", "PATCH"):
+        response = call(wrapped, method, "/model/info")
+        assert response.status_code == 405
+        assert header_values(response, "allow") == ["GET, HEAD, POST"]
+    assert call(wrapped, "PUT", "/other").status_code == 404  # other paths untouched
 
 
 # --------------------------------------------------------------------------- OpenAPIFix
@@ -664,6 +685,38 @@ def test_openapi_fix_rewrites_docs_json_and_corrects_content_length() -> None:
     assert header_values(response, "content-length") == [str(len(response.content))]
     assert len(response.content) != len(raw)  # the length did change
     assert response.headers["x-served-by"] == "bento"  # other headers kept
+
+
+def test_openapi_fix_answers_later_gets_from_its_first_fixed_document() -> None:
+    """The document is fixed for the process's life: BentoML builds it and it is rewritten
+    once; an error or a body that is not JSON is never kept."""
+    raw = json.dumps(SPEC_IN).encode()
+    served: list[str] = []
+    inner = spec_app(200, raw)
+
+    async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+        served.append(scope["method"])
+        await inner(scope, receive, send)
+
+    app = OpenAPIFix(counting, nullable=NULLABLE)
+    first, second = call(app, "GET", "/docs.json"), call(app, "GET", "/docs.json")
+    assert call(app, "HEAD", "/docs.json").status_code == 200
+    assert served == ["GET"]  # later requests never reached BentoML
+    assert first.json() == second.json() == SPEC_OUT
+    assert second.headers["content-length"] == str(len(second.content))
+    for status, body in ((200, b"not json"), (500, raw)):
+        calls: list[str] = []
+        other = spec_app(status, body)
+
+        async def counted(
+            scope: Scope, receive: Receive, send: Send, app: Any = other, seen: Any = calls
+        ) -> None:
+            seen.append(scope["method"])
+            await app(scope, receive, send)
+
+        kept = OpenAPIFix(counted, nullable=NULLABLE)
+        assert [call(kept, "GET", "/docs.json").status_code for _ in range(2)] == [status] * 2
+        assert calls == ["GET", "GET"]
 
 
 @pytest.mark.parametrize("path", ["/other", "/docs.json/"])

@@ -57,7 +57,7 @@ log = logging.getLogger("bentoml.service.localization")
 #: turn out malformed after the service began reading it (read by `client_gone.py`)
 PROTOCOL_ERROR = "rfloc.protocol_error"
 #: the `reason` label values of `rfloc_connections_closed_total`
-REASONS = ("header_bytes", "header_count", "header_timeout", "idle", "connection_cap", "malformed")
+REASONS = metrics.CONNECTION_CLOSE_REASONS  # each on /metrics at 0 from the start (initialise)
 _REASON_CHARS = re.compile(r"[^A-Za-z0-9 ',._-]")
 
 
@@ -359,6 +359,4 @@ def install(settings: Settings) -> bool:
     BoundedHttpToolsProtocol.limits = Limits.from_settings(settings)
     for name in ("auto", "httptools"):
         protocols[name] = BoundedHttpToolsProtocol
-    for reason in REASONS:  # every reason on /metrics from the start, at 0
-        metrics.CONNECTIONS_CLOSED.labels(reason)
     return True

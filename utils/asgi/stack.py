@@ -32,8 +32,11 @@ from utils.asgi.internal_route import InternalRoutes
 from utils.asgi.iq_fast_path import IQFastPath
 from utils.asgi.json_only import JSONOnly
 from utils.asgi.keepalive_bound import KeepAliveBound
+from utils.asgi.map_page import MapRedirect
+from utils.asgi.metrics_endpoint import MetricsEndpoint
 from utils.asgi.openapi_fix import OpenAPIFix, nullable_fields
 from utils.config import Settings
+from utils.serving import metrics
 from utils.serving.arrivals import Arrivals
 
 #: a middleware class and the keyword arguments it is added with
@@ -69,6 +72,9 @@ def layers(settings: Settings, body_limits: Limits, arrivals: Arrivals) -> list[
                 "max_age_s": settings.connection_max_age_s,
             },
         ),
+        # /metrics from one read of every worker's files shared by the scrapes at hand, off
+        # the event loop
+        (MetricsEndpoint, {"snapshots": metrics.SNAPSHOTS}),
         # every answer below, the framework's included, leaves in the one error shape
         (ErrorShape, {}),
         # /infer: the service's own calls (BATCH_DISPATCH=proxy) and operators (ADMIN_TOKEN)
@@ -94,6 +100,8 @@ def layers(settings: Settings, body_limits: Limits, arrivals: Arrivals) -> list[
         ),
         (OpenAPIFix, {"nullable": nullable_fields(API_MODELS)}),
         (APIPage, {}),
+        # `/map` -> `/map/` with a relative Location (the router's own takes the client's Host)
+        (MapRedirect, {}),
     ]
 
 

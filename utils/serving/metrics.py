@@ -1,20 +1,22 @@
 """Service metrics with `prometheus_client` (bentoml.metrics is deprecated).
 
-BentoML runs its workers in Prometheus multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`) and
-aggregates them on `/metrics`; values read back for `/model/info` go through the same
-aggregation (`MultiProcessCollector`) so every worker reports service-wide figures, using only
-the public `get_sample_value` API.
+BentoML runs its workers in Prometheus multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`).
+`/metrics` and the figures `/model/info` reads back come from one read of every worker's
+files (`SNAPSHOTS`, `utils/serving/metrics_snapshot.py`), so every worker reports
+service-wide figures. `initialise` writes every known label value at 0 when a worker loads its
+model: a documented series reads 0 before its first event, not "no data".
 """
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
-from utils.serving.greedy import BatchRecord
+from utils.config import get_settings
+from utils.serving import metrics_snapshot
+from utils.serving.greedy import BatchRecord, Reason
 
 if TYPE_CHECKING:
     from utils.model.served import ServedModel
@@ -72,6 +74,14 @@ CONNECTIONS_CLOSED = Counter(
     "HEADER_TIMEOUT_S, closed unanswered), connection_cap (503), malformed (400)",
     ["reason"],
 )
+CONNECTION_CLOSE_REASONS = (
+    "header_bytes",
+    "header_count",
+    "header_timeout",
+    "idle",
+    "connection_cap",
+    "malformed",
+)
 CLIENT_DISCONNECTS = Counter(
     f"{PREFIX}_client_disconnects",
     "Requests whose client went away before the answer (access log status 499, not a server "
@@ -98,8 +108,6 @@ CACHE_REJECTED = Counter(
     ["reason"],
 )
 CACHE_REJECT_REASONS = ("size", "signature", "json", "schema", "model", "options", "bounds")
-for _reason in CACHE_REJECT_REASONS:  # 0 from the start, not "no data" until the first
-    CACHE_REJECTED.labels(_reason)
 WORKER_PREDICTIONS = Gauge(
     f"{PREFIX}_worker_predictions",
     "Predictions served by each worker process (pid label)",
@@ -121,22 +129,39 @@ MODEL_RELOADS = Counter(
 )
 
 
-def _registry() -> CollectorRegistry:
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        return REGISTRY
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
-    return registry
+#: Every value each labelled metric's label is known to take: `initialise` writes each series at
+#: 0 when a worker loads its model. A labelled metric adds its line here.
+KNOWN_LABELS: dict[MetricWrapperBase, tuple[str, ...]] = {
+    PREDICTIONS: ("predict", "predict_batch"),
+    REQUEST_SECONDS: ("predict", "predict_batch"),
+    STAGE_SECONDS: ("decode", "preprocess", "model"),
+    BATCHES: get_args(Reason),
+    CLIENT_DISCONNECTS: ("body", "response"),
+    ERRORS: ("invalid_input", "too_many_items", "model_output", "internal"),
+    IQ_FAST_PATH: ("parsed", "refused", "passed"),
+    CACHE_ERRORS: ("get", "set"),
+    CACHE_REJECTED: CACHE_REJECT_REASONS,
+    CONNECTIONS_CLOSED: CONNECTION_CLOSE_REASONS,
+    MODEL_RELOADS: ("success", "unchanged", "failed"),
+}
+
+
+def initialise(served: ServedModel) -> None:
+    """At load, in each worker: every known series at 0 (in multiprocess mode a series exists
+    on /metrics only once its worker wrote it), and the served model's `rfloc_model_info`."""
+    for metric, values in KNOWN_LABELS.items():
+        for value in values:
+            metric.labels(value)
+    model_loaded(served)
+
+
+#: one read of every worker's metrics, shared by the /metrics and /model/info asking at once
+SNAPSHOTS = metrics_snapshot.Coalesced(metrics_snapshot.take, get_settings().metrics_read_share)
 
 
 def service_stats() -> tuple[int, float | None, float | None]:
     """(samples run through the model, mean /predict latency ms, cache hit rate)."""
-    registry = _registry()
-
-    def value(name: str, labels: dict[str, str] | None = None) -> float:
-        return float(registry.get_sample_value(name, labels or {}) or 0.0)
-
+    value = SNAPSHOTS.get().value
     inferences = int(value(f"{PREFIX}_model_inferences_total"))
     count = value(f"{PREFIX}_request_seconds_count", {"endpoint": "predict"})
     total = value(f"{PREFIX}_request_seconds_sum", {"endpoint": "predict"})
