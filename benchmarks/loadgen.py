@@ -25,6 +25,7 @@ class LoadResult:
     latencies_ms: list[float] = field(repr=False)
     statuses: Counter[int]
     errors: int
+    abandoned: int = 0  # requests in flight when an `abandon` run stopped (connections closed)
 
     @property
     def rps(self) -> float:
@@ -44,6 +45,7 @@ class LoadResult:
             "p99_ms": round(self.percentile(99), 1),
             "errors": self.errors,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            **({"abandoned": self.abandoned} if self.abandoned else {}),
         }
 
 
@@ -54,8 +56,11 @@ async def _run(
     total: int,
     timeout_s: float,
     seconds: float | None = None,
+    abandon: bool = False,
 ) -> LoadResult:
-    """`total` requests, or as many as fit in `seconds` when it is given."""
+    """`total` requests, or as many as fit in `seconds` when it is given; with `abandon`, at
+    `seconds` the clients stop as a stopped load generator does: requests in flight are given
+    up and their connections closed, not awaited."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     errors = 0
@@ -89,9 +94,17 @@ async def _run(
                 latencies.append(1000.0 * (time.perf_counter() - start))
 
         started = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(concurrency)))
+        tasks = [asyncio.create_task(client(i)) for i in range(concurrency)]
+        left: set[asyncio.Task[None]] = set()
+        if abandon and seconds is not None:
+            _, left = await asyncio.wait(tasks, timeout=seconds)
+            for task in left:  # each is waiting for an answer: give it up
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=bool(left))
         elapsed = time.perf_counter() - started
-    return LoadResult(concurrency, len(latencies), elapsed, latencies, statuses, errors)
+    return LoadResult(
+        concurrency, len(latencies), elapsed, latencies, statuses, errors, abandoned=len(left)
+    )
 
 
 def run_load(
@@ -111,7 +124,9 @@ async def run_for(
     concurrency: int,
     seconds: float,
     timeout_s: float = 120.0,
+    abandon: bool = False,
 ) -> LoadResult:
-    """Closed-loop load for `seconds` (awaitable, so several loads can run at once)."""
+    """Closed-loop load for `seconds` (awaitable, so several loads can run at once); with
+    `abandon`, the requests in flight at the end are dropped and their connections closed."""
     bodies = [p if isinstance(p, bytes) else json.dumps(p).encode() for p in payloads]
-    return await _run(url, bodies, concurrency, 0, timeout_s, seconds)
+    return await _run(url, bodies, concurrency, 0, timeout_s, seconds, abandon)

@@ -191,6 +191,8 @@ def test_burst_runs_every_policy_at_tiny_scale(demo_registry, tmp_path: Path) ->
     assert data["compute_ms"] > 0
     assert all(r["errors"] == 0 for r in data["rows"]), data["rows"]
     assert {t["policy"] for t in data["targets"]} == {"greedy", "cork", "proxy"}
+    p99 = [t for t in data["targets"] if t["target"] == "c=1 p99 after burst / fresh"]
+    assert len(p99) == 3 and all(t["value"] > 0 for t in p99)
     assert "| policy | target |" in (tmp_path / "burst.md").read_text()
 
 

@@ -313,6 +313,7 @@ async def _waits_for_inference(scope: Scope, receive: Receive, send: Send) -> No
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"computed"})
         return
+    departure.watch()  # it has to queue: the greedy batcher asks for a watcher
     while not departure.gone:  # the watcher sees the disconnect for it
         await asyncio.sleep(0)
     with pytest.raises(ClientLeft):

@@ -169,6 +169,26 @@ def test_items_whose_client_left_while_queued_are_dropped_unrun_and_marked() -> 
     run(scenario)
 
 
+def test_only_an_item_that_has_to_queue_asks_for_its_client_to_be_watched() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        batcher = GreedyBatcher(gate, max_batch_size=8, wait_budget_s=10)
+        watched: list[int] = []
+        alone = Departure(lambda: watched.append(0))
+        first = asyncio.create_task(batcher.submit(0, alone))
+        await gate.started.wait()  # ran at once: nothing to watch
+        queued = Departure(lambda: watched.append(1))
+        second = asyncio.create_task(batcher.submit(1, queued))
+        await until(lambda: batcher.queued == 1)
+        assert watched == [1]
+        queued.watch()  # asked again (another capture of the same request): started once
+        assert watched == [1]
+        gate.release.set()
+        assert (await first, await second) == (0, 10)
+
+    run(scenario)
+
+
 def test_a_batch_of_only_departed_items_is_never_run() -> None:
     async def scenario() -> None:
         gate = Gate()

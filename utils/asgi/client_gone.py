@@ -13,12 +13,13 @@ framework's `ClientDisconnect` traceback is dropped by `utils/serving/log_filter
 
 On the routes it is told to `watch` (the predictions), it also notices a client that leaves
 while its request waits for inference: nothing in the app reads `receive()` once the body is
-in, so once the whole body has passed, a watcher task awaits the server's `receive()`, which
-answers `http.disconnect` when the connection closes (uvicorn sets the cycle's `disconnected`
-flag and wakes its waiters). It marks the request's `Departure` (`utils/serving/departure.py`,
-in the scope) `gone`: the pipeline then skips decoding and dispatch, and the greedy batcher
-drops the request's queued items unrun. Such a departure is counted as phase `queued`; one
-whose work had already run stays `response`. The watcher ends with the request.
+in, so the request's `Departure` (`utils/serving/departure.py`, in the scope) can start a
+watcher task that awaits the server's `receive()`, which answers `http.disconnect` when the
+connection closes (uvicorn sets the cycle's `disconnected` flag and wakes its waiters). The
+greedy batcher starts it for a request that has to queue; it marks the `Departure` `gone`, and
+the batcher drops the request's queued items unrun (the pipeline skips decoding and dispatch
+too). Such a departure is counted as phase `queued`; one whose work had already run stays
+`response`. The watcher ends with the request.
 
 A body cut short by the service itself (a 413 from `BodySizeLimit`, a 408 from `BodyDeadline`)
 is not a departure: those answer first, and the client is still there to read it. Nor is a body
@@ -66,8 +67,14 @@ class ClientGone:
         phase: str | None = None  # set once the client is gone before a response started
         departure: Departure | None = None
         watcher: asyncio.Task[None] | None = None
+
+        def start_watcher() -> None:  # once the body is in, before any answer
+            nonlocal watcher
+            if watcher is None and body_complete and not started:
+                watcher = asyncio.get_running_loop().create_task(watch_for_departure())
+
         if scope.get("path") in self.watch:
-            departure = scope[SCOPE_KEY] = Departure()
+            departure = scope[SCOPE_KEY] = Departure(start_watcher)
 
         def left() -> None:
             nonlocal phase
@@ -82,13 +89,11 @@ class ClientGone:
             left()
 
         async def watched_receive() -> Message:
-            nonlocal received, body_complete, watcher
+            nonlocal received, body_complete
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 body_complete = body_complete or not message.get("more_body", False)
-                if body_complete and departure is not None and watcher is None:
-                    watcher = asyncio.get_running_loop().create_task(watch_for_departure())
             elif message["type"] == "http.disconnect":
                 left()
             return message

@@ -18,9 +18,10 @@ keeps no such history:
   before the next batch starts, so responses are not written in competition with it;
 - **isolation**: a batch that raises is retried item by item, so one bad item fails alone; an
   item whose caller went away (cancelled) is dropped from the queue and never computed;
-- **departed clients**: an item whose client has gone (`utils/serving/departure.py`, checked
-  with one attribute read as the batch forms) is dropped too: its caller gets `ClientLeft`,
-  the departure is marked `skipped`, and a batch holding only such items is never run.
+- **departed clients**: an item queued behind a busy model has its client watched
+  (`utils/serving/departure.py`); one whose client has gone (one attribute read as the batch
+  forms) is dropped too: its caller gets `ClientLeft`, the departure is marked `skipped`, and
+  a batch holding only such items is never run.
 
 Framework-free (asyncio only): unit-tested with a fake batch function and events, no server.
 """
@@ -157,6 +158,8 @@ class GreedyBatcher(Generic[T_IN, T_OUT]):
         pending: _Pending[T_IN, T_OUT] = _Pending(
             item, asyncio.get_running_loop().create_future(), departure
         )
+        if departure is not None and (self._busy_since is not None or self._queue):
+            departure.watch()  # it will wait: notice if its client leaves meanwhile
         self._queue.append(pending)
         assert self._wake is not None
         self._wake.set()

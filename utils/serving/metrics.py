@@ -85,7 +85,8 @@ CONNECTION_CLOSE_REASONS = (
 CLIENT_DISCONNECTS = Counter(
     f"{PREFIX}_client_disconnects",
     "Requests whose client went away before the answer (access log status 499, not a server "
-    "error), by phase: body (while sending it) or response (body sent, answer not yet)",
+    "error), by phase: body (while sending it), queued (body sent, left before inference, "
+    "which was skipped) or response (body sent, answer not yet)",
     ["phase"],
 )
 MODEL_INFERENCES = Counter(f"{PREFIX}_model_inferences", "Samples run through the model")
@@ -136,7 +137,7 @@ KNOWN_LABELS: dict[MetricWrapperBase, tuple[str, ...]] = {
     REQUEST_SECONDS: ("predict", "predict_batch"),
     STAGE_SECONDS: ("decode", "preprocess", "model"),
     BATCHES: get_args(Reason),
-    CLIENT_DISCONNECTS: ("body", "response"),
+    CLIENT_DISCONNECTS: ("body", "queued", "response"),
     ERRORS: ("invalid_input", "too_many_items", "model_output", "internal"),
     IQ_FAST_PATH: ("parsed", "refused", "passed"),
     CACHE_ERRORS: ("get", "set"),
