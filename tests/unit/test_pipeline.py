@@ -4,6 +4,7 @@ the in-process LRU cache and a dispatch that records what reaches the model."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,14 @@ import pytest
 from tests.support.model_factory import toy_model
 from utils.api.decoding import encode_capture
 from utils.api.errors import BrokenModel, InvalidField, to_response
-from utils.api.pipeline import Pipeline, infer_batch
+from utils.api.pipeline import Pipeline, batcher_dispatch, infer_batch, infer_jobs
 from utils.api.schemas import PredictBatchRequest, PredictRequest
 from utils.dsp.synthetic import generate_scenes
 from utils.model.runtime import ModelRuntime
 from utils.model.served import ServedModel, StoredModel
+from utils.serving.batching import Greedy
 from utils.serving.cache import LRUCache
-from utils.serving.departure import Departure
+from utils.serving.departure import ClientLeft, Departure
 
 
 def runtime_for(folder: Path, model: onnx.ModelProto) -> ModelRuntime:
@@ -166,3 +168,68 @@ def test_a_broken_model_is_blamed_on_the_model_and_names_the_sample(
     response = to_response(caught.value, "toy:1")
     assert response.status_code == 500
     assert b"model toy:1 returned invalid outputs" in response.body
+
+
+def test_a_request_whose_client_left_is_not_dispatched(
+    runtime: ModelRuntime, scenes: list[np.ndarray]
+) -> None:
+    pipe, recorder = pipeline(runtime)
+    departure = Departure()
+    departure.gone = True  # seen by the connection's watcher before the request reached dispatch
+    with pytest.raises(ClientLeft):
+        asyncio.run(pipe.predict_one(one(scenes[0]), 0.0, departure=departure))
+    assert recorder.calls == [] and departure.skipped
+    assert to_response(ClientLeft(), "toy:1").status_code == 499  # dropped by ClientGone
+
+
+def test_a_request_arriving_to_a_busy_batcher_is_watched_from_its_start(
+    runtime: ModelRuntime, scenes: list[np.ndarray]
+) -> None:
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def held(jobs: list[Any]) -> list[dict[str, Any]]:
+        release.wait(30)
+        sizes.append(len(jobs))
+        return infer_jobs(jobs)
+
+    batcher = Greedy(held, max_batch_size=8, wait_budget_s=60, queue_delay_s=0, observer=None)
+    submitted: list[Departure | None] = []
+
+    async def submit(job: Any, departure: Departure | None) -> Any:
+        submitted.append(departure)
+        return await batcher.submit(job, departure)
+
+    pipe = Pipeline(
+        served(runtime),
+        LRUCache(100, 60),
+        batcher_dispatch(submit),
+        cache_prefix="t",
+        max_samples=65_536,
+        max_batch_items=10,
+        batcher=batcher,
+    )
+
+    async def scenario() -> None:
+        first = asyncio.create_task(pipe.predict_one(one(scenes[0]), 0.0))
+        while not batcher.busy:
+            await asyncio.sleep(0.001)
+        alone = Departure(lambda: None)
+        watched: list[bool] = []
+
+        def leaves() -> None:  # the watcher at once sees the client gone
+            watched.append(True)
+            late.gone = True
+
+        late = Departure(leaves)
+        with pytest.raises(ClientLeft):
+            await pipe.predict_one(one(scenes[1]), 0.0, departure=late)
+        assert watched == [True] and late.skipped
+        release.set()
+        assert (await first).quality in {"fix", "no_fix"}
+        await pipe.predict_one(one(scenes[2]), 0.0, departure=alone)
+        assert not alone.skipped
+
+    asyncio.run(scenario())
+    assert sizes == [1, 1]  # the departed request's capture never reached the model
+    assert len(submitted) == 2  # nor the batcher: seen gone before dispatch

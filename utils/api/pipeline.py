@@ -9,8 +9,9 @@ request takes the model serving when it starts (`self.served`) and keeps it to i
 decoding, cache key, inference and response all use that one. Batch items carry their model,
 and a batch that holds items of two models runs as two inferences, each on one model.
 
-A request whose client has gone (`utils/serving/departure.py`) is not decoded, not dispatched,
-and dropped from the greedy batcher's queue: `ClientLeft` leaves instead of an answer.
+A request whose client has gone (`utils/serving/departure.py`) is not dispatched, and leaves
+the greedy batcher's queue unrun: `ClientLeft` leaves instead of an answer. Its client is
+watched from its start when it arrives to a busy batcher, else from when it has to queue.
 """
 
 from __future__ import annotations
@@ -345,10 +346,9 @@ class Pipeline:
         ticket: Ticket | None = None,
         departure: Departure | None = None,
     ) -> PredictionResponse:
-        """`/predict`: decode (not for a client gone), then the shared path, on the model
-        serving now."""
+        """`/predict`: decode, then the shared path, on the model serving now."""
         served = self.served
-        check(departure)
+        self._watch_if_waiting(departure)
         capture = await self.decode_one(served, req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         field = "iq_b64" if req.iq_b64 is not None else "iq_data"
@@ -363,13 +363,19 @@ class Pipeline:
         ticket: Ticket | None = None,
         departure: Departure | None = None,
     ) -> list[PredictionResponse]:
-        """`/predict_batch`: decode every item (errors name `field[i]`; not for a client
-        gone), then the shared path."""
+        """`/predict_batch`: decode every item (errors name `field[i]`), then the shared path."""
         served = self.served
-        check(departure)
+        self._watch_if_waiting(departure)
         captures, field = await self.decode_many(served, req, parsed)
         metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
         return await self.predict(served, captures, req, started, field, ticket, departure)
+
+    def _watch_if_waiting(self, departure: Departure | None) -> None:
+        """A request that arrives while the greedy batcher is busy will wait: its client is
+        watched from now on, so that leaving while it decodes or looks up the cache is seen
+        before dispatch (otherwise the batcher starts the watch if it has to queue)."""
+        if departure is not None and isinstance(self.batcher, Greedy) and self.batcher.busy:
+            departure.watch()
 
     def _responses(
         self,

@@ -69,6 +69,11 @@ class Greedy:
     def queue_delay_s(self) -> float:
         return self._batcher.queue_delay_s
 
+    @property
+    def busy(self) -> bool:
+        """A batch runs or items queue: a request submitted now would wait."""
+        return self._batcher.busy or self._batcher.queued > 0
+
     def set_queue_delay(self, seconds: float) -> None:
         """A reloaded model brings its own `auto` wait (`utils/serving/queue_delay.py`)."""
         self._batcher.queue_delay_s = seconds
