@@ -98,7 +98,9 @@ def test_dead_workers_files_fold_into_one_per_kind_and_every_count_stays(folder:
             "gauge_mostrecent_merged.db",
         ]
     )
+    assert metric_files.dead_pids(folder, alive_only(LIVE)) == set()  # gauge_all files stay
     assert metric_files.compact(folder, alive_only(LIVE)) == 0  # nothing left to do
+    assert not (folder / metric_files.JOURNAL).exists()  # nor the lock taken to find that out
 
 
 def test_a_second_compaction_adds_to_the_merged_files(folder: Path) -> None:

@@ -12,7 +12,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from utils.serving import metrics
-from utils.serving.metrics_snapshot import Coalesced, snapshot_of, take
+from utils.serving.metrics_snapshot import Coalesced, Snapshot, take
 
 
 class Clock:
@@ -36,10 +36,10 @@ def test_every_value_was_read_after_its_caller_asked() -> None:
 
     def read() -> int:
         reads.append(clock.t)
-        clock.t += 0.002  # a read takes 2 ms
+        clock.t += 0.002  # a read takes 2 ms (of CPU)
         return len(reads)
 
-    fresh = Coalesced(read, share=0.1, clock=clock, sleep=clock.sleep)
+    fresh = Coalesced(read, share=0.1, clock=clock, sleep=clock.sleep, cpu_clock=clock)
     assert fresh.get() == 1
     asked = clock.t
     assert fresh.since(asked) is None  # the value was read before this caller asked
@@ -92,11 +92,12 @@ def test_snapshot_text_and_values_come_from_one_collection() -> None:
     latency = Histogram("lat", "latency", buckets=(0.1, 1.0), registry=registry)
     requests.labels("200").inc(3)
     latency.observe(0.5)
-    snap = snapshot_of(list(registry.collect()))
+    snap = Snapshot(list(registry.collect()))
     assert snap.value("req_total", {"code": "200"}) == 3.0
     assert snap.value("req_total", {"code": "404"}) == 0.0  # absent reads 0
     assert snap.value("lat_count") == 1.0
-    assert snap.text == generate_latest(registry)
+    assert not snap.has_text  # written when asked for, once
+    assert snap.text() == generate_latest(registry) and snap.has_text
 
 
 def test_histogram_samples_are_in_exposition_order(tmp_path: Path) -> None:
@@ -111,7 +112,7 @@ def test_histogram_samples_are_in_exposition_order(tmp_path: Path) -> None:
         store.write_value(mmap_key("lat", name, list(labels), list(labels.values()), "h"), value, 0)
     store.close()
     snap = take(str(tmp_path))
-    (family,) = text_string_to_metric_families(snap.text.decode())
+    (family,) = text_string_to_metric_families(snap.text().decode())
     assert [(s.name, s.labels.get("le")) for s in family.samples] == [
         ("lat_bucket", "0.1"),
         ("lat_bucket", "+Inf"),

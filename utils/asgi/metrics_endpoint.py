@@ -40,9 +40,10 @@ class MetricsEndpoint:
             self._gate = asyncio.Lock()
         async with self._gate:
             snapshot = self.snapshots.since(asked)
-            if snapshot is None:
-                snapshot = await anyio.to_thread.run_sync(self.snapshots.get, asked)
-        body = snapshot.text
+            if snapshot is not None and snapshot.has_text:
+                body = snapshot.text()  # written already: no thread needed
+            else:
+                body = await anyio.to_thread.run_sync(self._text, asked)
         await send(
             {
                 "type": "http.response.start",
@@ -54,3 +55,6 @@ class MetricsEndpoint:
             }
         )
         await send({"type": "http.response.body", "body": body if method == "GET" else b""})
+
+    def _text(self, asked: float) -> bytes:
+        return self.snapshots.get(asked).text()

@@ -74,12 +74,17 @@ def locked(directory: Path, exclusive: bool = False) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _compactable(kind: str) -> bool:
+    """Files a compaction merges or drops (`all` gauges stay: their pid is a label)."""
+    return kind in _MERGES or kind.startswith("gauge_live")
+
+
 def dead_pids(directory: Path, is_alive: Callable[[int], bool] = alive) -> set[int]:
-    """Pids with files in the folder whose process has ended (never this process)."""
+    """Pids whose process has ended with files a compaction would take (never this process)."""
     pids = set()
     for name in os.listdir(directory):
         match = _FILE.match(name)
-        if match:
+        if match and _compactable(match["kind"]):
             pids.add(int(match["pid"]))
     pids.discard(os.getpid())
     return {pid for pid in pids if not is_alive(pid)}

@@ -16,7 +16,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -30,16 +29,39 @@ T = TypeVar("T")
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
-@dataclass(frozen=True)
 class Snapshot:
-    """Every metric family as read once: its exposition text, and each sample's value."""
+    """Every metric family as read once: each sample's value, and the exposition text, written
+    on first use (only `/metrics` needs it: it costs more than the read itself)."""
 
-    text: bytes
-    values: dict[SampleKey, float] = field(repr=False)
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+        self.values: dict[SampleKey, float] = {
+            (s.name, tuple(sorted(s.labels.items()))): float(s.value)
+            for family in families
+            for s in family.samples
+        }
+        self._text: bytes | None = None
+        self._lock = threading.Lock()
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's value; 0 when it does not exist (yet)."""
         return self.values.get((name, tuple(sorted((labels or {}).items()))), 0.0)
+
+    @property
+    def has_text(self) -> bool:
+        return self._text is not None
+
+    def text(self) -> bytes:
+        """The Prometheus text of these families (blocks the first time: call off the loop)."""
+        with self._lock:
+            if self._text is None:
+                for family in self.families:
+                    if family.type == "histogram":
+                        family.samples.sort(key=_histogram_order)
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(_Collected(self.families))  # type: ignore[arg-type]
+                self._text = generate_latest(registry)
+            return self._text
 
 
 class _Collected:
@@ -61,31 +83,17 @@ def _histogram_order(sample: Any) -> tuple[tuple[tuple[str, str], ...], int, flo
     return rest, 1 if sample.name.endswith("_count") else 2, 0.0
 
 
-def snapshot_of(families: list[Metric]) -> Snapshot:
-    for family in families:
-        if family.type == "histogram":
-            family.samples.sort(key=_histogram_order)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collected(families))  # type: ignore[arg-type]
-    values = {
-        (s.name, tuple(sorted(s.labels.items()))): float(s.value)
-        for family in families
-        for s in family.samples
-    }
-    return Snapshot(generate_latest(registry), values)
-
-
 def take(directory: str | None = None) -> Snapshot:
     """Read the multiprocess folder once (after merging dead workers' files); without one
     (`PROMETHEUS_MULTIPROC_DIR` unset: in-process use), this process's registry."""
     directory = directory if directory is not None else os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
-        return snapshot_of(list(REGISTRY.collect()))
+        return Snapshot(list(REGISTRY.collect()))
     folder = Path(directory)
     metric_files.compact(folder)
     with metric_files.locked(folder):
         families = list(MultiProcessCollector(None, path=directory).collect())
-    return snapshot_of(families)
+    return Snapshot(families)
 
 
 class Coalesced(Generic[T]):
@@ -94,9 +102,9 @@ class Coalesced(Generic[T]):
     Every value a caller gets was read after it asked, so an answer never misses what was
     written before the request (a client reading its own predictions' counts sees them). One
     read runs at a time; callers arriving meanwhile share the next one, which starts once the
-    time since the last read began is `1 / share` times what that read took. However many
-    clients ask, reading takes at most `share` of one core, and a caller waits at most about
-    `1 / share` reads. Thread-safe; `get` blocks (call it off the event loop).
+    time since the last read began is `1 / share` times the CPU time that read took. However
+    many clients ask, reading takes at most `share` of one core, and a caller waits at most
+    about `1 / share` reads. Thread-safe; `get` blocks (call it off the event loop).
     """
 
     def __init__(
@@ -105,6 +113,7 @@ class Coalesced(Generic[T]):
         share: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         if not 0.0 < share <= 1.0:
             raise ValueError("share must be in (0, 1]")
@@ -112,6 +121,7 @@ class Coalesced(Generic[T]):
         self._share = share
         self._clock = clock
         self._sleep = sleep
+        self._cpu_clock = cpu_clock
         self._lock = threading.Lock()
         self._value: T | None = None
         self._started = float("-inf")  # when the read that gave `_value` began
@@ -136,9 +146,9 @@ class Coalesced(Generic[T]):
             wait = self._next - self._clock()
             if wait > 0:
                 self._sleep(wait)
-            started = self._clock()
+            started, cpu = self._clock(), self._cpu_clock()
             value = self._read()
-            took = self._clock() - started
+            took = self._cpu_clock() - cpu  # CPU, not the wall time a busy core stretches
             self._value, self._started = value, started
             self._next = started + took / self._share
             return value
