@@ -103,7 +103,7 @@ def test_a_fresh_server_lists_every_documented_metric_at_zero(server: Server) ->
             assert series, f"{name}{{{label}={value!r}}} missing"
     for result in ("success", "unchanged", "failed"):
         assert samples[f'rfloc_model_reloads_total{{result="{result}"}}'] == 0.0
-    for op in ("get", "set", "decode"):
+    for op in ("get", "set"):
         assert samples[f'rfloc_cache_errors_total{{op="{op}"}}'] == 0.0
 
 
