@@ -11,7 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +32,7 @@ from utils.asgi.http_protocol import (
     ProtocolError,
     parser_reason,
 )
-from utils.config import Settings
+from utils.config import PROJECT_ROOT, Settings
 from utils.serving import metrics
 
 
@@ -422,3 +426,28 @@ def test_client_gone_records_the_400_the_connection_answered_not_a_499() -> None
     assert sent[0]["status"] == 400
     assert json.loads(sent[1]["body"])["error"] == mark.message
     assert metrics.CLIENT_DISCONNECTS.labels("body")._value.get() == gone
+
+
+def test_without_httptools_the_service_module_imports_and_says_the_limits_are_off(
+    tmp_path: Path,
+) -> None:
+    """benchmarks/http_stack.py blocks httptools for its h11 baseline: install() steps aside
+    with a warning instead of failing the service's import."""
+    (tmp_path / "httptools.py").write_text('raise ImportError("blocked")\n')
+    code = (
+        "import logging, sys; logging.basicConfig(stream=sys.stdout)\n"
+        "from utils.asgi import http_protocol, client_gone\n"
+        "from utils.config import get_settings\n"
+        "print('installed', http_protocol.install(get_settings()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "installed False" in done.stdout
+    assert "httptools is missing" in done.stdout

@@ -41,9 +41,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import httptools
 from uvicorn import config as uvicorn_config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+try:  # pinned in requirements/serve.txt; absent only where a benchmark blocks it on purpose
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+except ImportError:  # uvicorn falls back to h11 (benchmarks/http_stack.py's baseline)
+    httptools = None
+    HttpToolsProtocol = object  # type: ignore[assignment,misc]
 
 from utils.api.errors import encode_error, error_payload
 from utils.serving import metrics
@@ -355,6 +360,12 @@ def install(settings: Settings) -> bool:
     protocols: dict[str, Any] | None = getattr(uvicorn_config, "HTTP_PROTOCOLS", None)
     if not isinstance(protocols, dict) or not {"auto", "httptools"} <= protocols.keys():
         log.warning("HTTP limits not installed: uvicorn has no HTTP_PROTOCOLS table")
+        return False
+    if httptools is None:
+        log.warning(
+            "HTTP limits not installed: httptools is missing, uvicorn serves with h11 "
+            "(its own 16 KiB header bound, no header deadline, no connection cap)"
+        )
         return False
     BoundedHttpToolsProtocol.limits = Limits.from_settings(settings)
     for name in ("auto", "httptools"):
