@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -153,3 +154,16 @@ def test_the_guard_refuses_in_the_shape_and_passes_the_rest_whole() -> None:
     body = b'{"iq_b64": "' + b"A" * 200_000 + b'"}'
     assert post(guard, "/predict", body).status_code == 200 and echo.bodies == [body]
     assert post(guard, "/elsewhere", b'{"k": 1}').status_code == 200  # not a guarded route
+
+
+def test_a_refused_body_logs_one_info_line_without_its_input(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Like a body BentoML's validation refuses (log_filters.py): one INFO line, no input."""
+    guard = FieldGuard(Echo(), {"/predict": PREDICT})
+    with caplog.at_level(logging.INFO, logger="bentoml.service.localization"):
+        assert post(guard, "/predict", b'{"' + b"q" * 3000 + b'": 1}').status_code == 400
+    lines = [r for r in caplog.records if "rejected input (" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert lines[0].getMessage().startswith("POST /predict: rejected input (")
+    assert "qqq" not in lines[0].getMessage() and len(lines[0].getMessage()) < 300

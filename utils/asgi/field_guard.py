@@ -10,6 +10,7 @@ on as one message otherwise.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -18,6 +19,8 @@ from utils.api.request_fields import FieldCheck, FieldRefused
 from utils.asgi.error_shape import send_error
 from utils.asgi.replay import prepend_body
 from utils.serving import metrics
+
+log = logging.getLogger("bentoml.service.localization")
 
 
 class FieldGuard:
@@ -43,6 +46,8 @@ class FieldGuard:
         try:
             check.check(body)
         except FieldRefused as exc:
+            # the one INFO line a body refused by validation gets (log_filters.py), no input
+            log.info("%s %s: rejected input (%s)", scope["method"], scope["path"], exc.message)
             if exc.status == 413:
                 metrics.ERRORS.labels("too_many_items").inc()
             await send_error(send, exc.status, exc.message, exc.field, error_type=exc.error_type)
