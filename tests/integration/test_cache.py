@@ -347,8 +347,11 @@ def test_redis_killed_mid_test_fails_open(home: Path, tmp_path: Path) -> None:
     port = free_port()
     private = PrivateRedis(port, tmp_path)
     private.start()
+    # its own BENTOML_HOME: one shared with the module's server would reset its metrics
+    own_home = tmp_path / "home-failopen"
+    shutil.copytree(home / "models", own_home / "models")
     server = start_server(
-        home,
+        own_home,
         tmp_path / "failopen.log",
         env={
             "REDIS_URL": f"redis://127.0.0.1:{port}/0",

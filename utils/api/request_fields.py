@@ -111,7 +111,7 @@ class FieldCheck:
             if unknown is not None:
                 raise self._unknown(unknown.group(1), cut) from None
             return
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nesting too deep: validation says so
             return
         for name, (most, items) in self.lists.items():
             raw = getattr(fields, name)
@@ -128,7 +128,7 @@ class FieldCheck:
                         413,
                         "too_large",
                     ) from None
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 return
 
     def _unknown(self, key: str, cut: list[int]) -> FieldRefused:
