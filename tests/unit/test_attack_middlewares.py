@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tests.support.asgi import Recorder
 from utils.asgi.body_size_limit import BodySizeLimit
 from utils.asgi.client_gone import CLIENT_CLOSED, ClientGone
 from utils.asgi.internal_route import InternalRoutes, internal_call, is_internal
@@ -33,23 +34,6 @@ from utils.serving.departure import ClientLeft
 TOKEN = "s3cret-token"
 
 # --------------------------------------------------------------------------- InternalRoutes
-
-
-class Recorder:
-    """The inner app: records each request it is given and the body it read."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        self.bodies.append(body)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"[]"})
 
 
 def internal_app(token: str | None) -> tuple[ASGIApp, Recorder]:

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tests.support.asgi import call
 from utils.api.errors import ERROR_TYPES
 from utils.asgi.arrival_count import ArrivalCount
 from utils.asgi.body_size_limit import BodySizeLimit
@@ -105,17 +106,6 @@ class Static:
             await send(
                 {"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1}
             )
-
-
-def call(app: ASGIApp, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    """One request to `app` through httpx's in-process ASGI transport."""
-
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.request(method, path, **kwargs)
-
-    return asyncio.run(go())
 
 
 def streamed(chunks: list[bytes], pulled: list[int]) -> AsyncIterator[bytes]:

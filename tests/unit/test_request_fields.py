@@ -3,17 +3,15 @@ ASGI layer that applies them (`utils/asgi/field_guard.py`), without a server."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from starlette.types import Receive, Scope, Send
 
+from tests.support.asgi import Recorder, call
 from utils.api.request_fields import LONG_STRING, FieldCheck, FieldRefused, skeleton
 from utils.api.schemas import PredictBatchRequest, PredictRequest
 from utils.asgi.field_guard import FieldGuard
@@ -115,54 +113,39 @@ def test_the_skeleton_reads_keys_as_the_body_does(fields: dict[str, Any]) -> Non
 # --- the middleware ---------------------------------------------------------------------------
 
 
-class Echo:
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        self.bodies.append(body)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-
-def post(app: Any, path: str, body: bytes) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            return await client.post(path, content=body)
-
-    return asyncio.run(go())
-
-
 def test_the_guard_refuses_in_the_shape_and_passes_the_rest_whole() -> None:
-    echo = Echo()
+    echo = Recorder()
     guard = FieldGuard(echo, {"/predict": PREDICT, "/predict_batch": BATCH})
-    refused = post(guard, "/predict_batch", json.dumps({"iq_b64_samples": [1] * 1000}).encode())
+    refused = call(
+        guard, "POST", "/predict_batch", content=json.dumps({"iq_b64_samples": [1] * 1000}).encode()
+    )
     assert refused.status_code == 413 and echo.bodies == []
     assert refused.json()["field"] == "iq_b64_samples"
     assert refused.json()["detail"] == [
         {"type": "too_large", "loc": ["iq_b64_samples"], "msg": refused.json()["error"][16:]}
     ]
-    unknown = post(guard, "/predict", b'{"' + b"k" * 300_000 + b'": 1}')
+    unknown = call(guard, "POST", "/predict", content=b'{"' + b"k" * 300_000 + b'": 1}')
     assert unknown.status_code == 400 and len(unknown.content) < 500
     assert unknown.json()["detail"][0]["type"] == "extra_forbidden"
     body = b'{"iq_b64": "' + b"A" * 200_000 + b'"}'
-    assert post(guard, "/predict", body).status_code == 200 and echo.bodies == [body]
-    assert post(guard, "/elsewhere", b'{"k": 1}').status_code == 200  # not a guarded route
+    assert call(guard, "POST", "/predict", content=body).status_code == 200 and echo.bodies == [
+        body
+    ]
+    assert (
+        call(guard, "POST", "/elsewhere", content=b'{"k": 1}').status_code == 200
+    )  # not a guarded route
 
 
 def test_a_refused_body_logs_one_info_line_without_its_input(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Like a body BentoML's validation refuses (log_filters.py): one INFO line, no input."""
-    guard = FieldGuard(Echo(), {"/predict": PREDICT})
+    guard = FieldGuard(Recorder(), {"/predict": PREDICT})
     with caplog.at_level(logging.INFO, logger="bentoml.service.localization"):
-        assert post(guard, "/predict", b'{"' + b"q" * 3000 + b'": 1}').status_code == 400
+        assert (
+            call(guard, "POST", "/predict", content=b'{"' + b"q" * 3000 + b'": 1}').status_code
+            == 400
+        )
     lines = [r for r in caplog.records if "rejected input (" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
     assert lines[0].getMessage().startswith("POST /predict: rejected input (")
