@@ -16,6 +16,7 @@ from utils.dsp.feature_spec import FeatureSpec, Receiver
 from utils.dsp.mel import mel_filterbank
 from utils.dsp.preprocessing import (
     InvalidCaptureError,
+    chunk_size,
     iq_pairs_to_complex,
     preprocess,
     preprocess_many,
@@ -100,6 +101,22 @@ def test_batch_equals_singles(spec: FeatureSpec) -> None:
     singles = np.stack([preprocess(iq[i], spec)[0] for i in range(7)])
     # equal up to float32 rounding (BLAS blocks a batch differently from a single sample)
     np.testing.assert_allclose(batch, singles, rtol=0, atol=1e-4)
+
+
+def test_batch_is_preprocessed_in_cache_sized_chunks(spec: FeatureSpec) -> None:
+    """A batch larger than one chunk gives what one vectorised call gives, in request order,
+    and an error in a later chunk still names its own index."""
+    chunk = chunk_size(spec)
+    assert 1 <= chunk < 8  # the demo spec: 655 kB of frames a sample, 3 to a 2 MiB chunk
+    iq = generate_scenes(2 * chunk + 1, seed=4, spec=spec).iq
+    whole = preprocess(iq, spec)
+    np.testing.assert_allclose(preprocess_many(list(iq), spec), whole, rtol=0, atol=1e-4)
+    bad = list(iq)
+    bad[2 * chunk] = bad[2 * chunk].copy()
+    bad[2 * chunk][0, 5] = np.nan
+    with pytest.raises(InvalidCaptureError) as info:
+        preprocess_many(bad, spec)
+    assert info.value.index == 2 * chunk
 
 
 def test_lengths_long_short_and_mixed(spec: FeatureSpec) -> None:
