@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: benchmark-memory benchmark-oversized benchmark-scan benchmark-reload image lock serve test lint bootstrap import bento container-test replicas-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
+.PHONY: benchmark-peers benchmark-memory benchmark-oversized benchmark-scan benchmark-reload image lock serve test lint bootstrap import bento container-test replicas-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -111,6 +111,31 @@ else
 	$(PY) -m benchmarks.steady --tracking-uri "$$uri" --label $(MODEL) \
 	  --policies greedy,greedy@auto --baseline greedy --levels 1,8,32 --rounds 6 \
 	  --requests 400 --burst-seconds 10
+endif
+
+# The same compute (the iq_b64 decode, preprocessing, ONNX Runtime with one thread per process)
+# behind KServe's ModelServer, LitServe and Triton (PyTriton), each in its own virtualenv under
+# .peers/ from requirements/peers/ (never in the serving image or the test environment), against
+# this service and a bare BentoML service (the floor), with wrk: fresh, after a burst, per level.
+# MODEL=resnet18 as for `benchmark`. PEERS_ARGS="--seconds 10 --levels 1,8,32,64" passes options
+# to benchmarks/peers/run.py. Results: benchmarks/results/peers[-$(MODEL)].md; docs/peers.md.
+PEERS      := kserve litserve pytriton
+PEERS_ARGS ?=
+.PRECIOUS: .peers/%/.installed
+.peers/%/.installed: requirements/peers/%.txt requirements/peers/compute.txt
+	$(PYTHON) -m venv .peers/$*
+	.peers/$*/bin/python -m pip install --quiet --upgrade pip
+	.peers/$*/bin/python -m pip install --quiet -r requirements/peers/$*.txt
+	touch $@
+
+benchmark-peers: import install-test $(PEERS:%=.peers/%/.installed)
+	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk"; exit 1; }
+ifeq ($(MODEL),demo)
+	$(PY) -m benchmarks.peers.run $(PEERS_ARGS)
+else
+	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	uri=$$($(PY) -m benchmarks.big_model --registry "$$scratch" --arch $(MODEL) | tail -1) && \
+	$(PY) -m benchmarks.peers.run --tracking-uri "$$uri" --label $(MODEL) $(PEERS_ARGS)
 endif
 
 # What a reload costs under load; needs two imports in the store (python -m demo.bootstrap
