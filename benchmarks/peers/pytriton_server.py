@@ -57,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     model_dir = model_dir_from_env()
     runtimes = [load_runtime(model_dir) for _ in range(INSTANCES)]
-    width = runtimes[0].session.get_outputs()[1].shape[-1]
+    width = runtimes[0].session.get_outputs()[1].shape[-1]  # 2, or 3 with rho
+    width = width if isinstance(width, int) else -1  # a named dimension: any width
     config = TritonConfig(
         http_address="127.0.0.1",
         http_port=args.http_port,

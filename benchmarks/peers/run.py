@@ -513,6 +513,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"{w['value']} against this service's {w['this_service']} ({w['ratio']}×)"
             for w in result["peer_wins"]
         ]
+        winners = dict.fromkeys(w["winner"] for w in result["peer_wins"])
+        by_name = {s["server"]: s for s in result["servers"]}
+        lines += ["", "How the winners serve (their settings below):", ""]
+        lines += [f"- {n}: {by_name[n]['settings'].get('batching', '')}" for n in winners]
     else:
         lines.append("- none: this service is best in every column measured")
     fresh = [r for r in result["rows"] if r["phase"] == "fresh"]
