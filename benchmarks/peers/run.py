@@ -26,6 +26,7 @@ peer wins a column, and every server's settings. docs/peers.md says how each pee
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from benchmarks.compare import (
     RESULTS,
@@ -401,8 +403,39 @@ def run_server(
         rows += [measure(peer, *common, "fresh", c, args.seconds, *opts) for c in args.levels]
         rows.append(measure(peer, *common, "burst", 64, args.burst_seconds, *opts))
         rows += [measure(peer, *common, "after burst", c, args.seconds, *opts) for c in args.levels]
+        tree = process_tree(proc.pid)
+    wait_gone(tree, timeout=60.0)
     out["rows"] = rows
     return out
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A server's processes: the one started and all it started (Triton's own included)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> None:
+    """Wait until every process of a stopped server has exited (the next server must run
+    alone: Triton, for one, exits after its PyTriton process); kill what is left then."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if _running(p)]
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 # --- the report -------------------------------------------------------------------------------
