@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--workspace", default=None, help="PyTriton's workspace (default: a new one in its cache)"
+    )
     args = parser.parse_args()
     model_dir = model_dir_from_env()
     runtimes = [load_runtime(model_dir) for _ in range(INSTANCES)]
@@ -67,7 +70,7 @@ def main() -> None:
         metrics_address="127.0.0.1",
         metrics_port=args.metrics_port,
     )
-    with Triton(config=config) as triton:
+    with Triton(config=config, workspace=args.workspace) as triton:
         triton.bind(
             model_name=MODEL_NAME,
             infer_func=[make_infer(r) for r in runtimes],

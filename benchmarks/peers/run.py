@@ -262,6 +262,8 @@ def start(
         args = [str(python), "-m", "benchmarks.peers.pytriton_server"]
         args += ["--http-port", str(port), "--grpc-port", str(free_port())]
         args += ["--metrics-port", str(free_port())]
+        # in the run's scratch folder, removed with it (PyTriton keeps its own after a SIGTERM)
+        args += ["--workspace", str(log.parent / "pytriton-workspace")]
         # Triton's Python backend stub must load this interpreter's libpython
         libdir = subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
