@@ -50,7 +50,14 @@ from utils.asgi.internal_route import internal_call  # noqa: E402
 from utils.asgi.map_page import map_page  # noqa: E402
 from utils.config import get_settings  # noqa: E402
 from utils.model.served import ServedModel, StoredModel, load_served  # noqa: E402
-from utils.serving import announce, arrivals, log_filters, metrics, model_store  # noqa: E402
+from utils.serving import (  # noqa: E402
+    announce,
+    arrivals,
+    collector,
+    log_filters,
+    metrics,
+    model_store,
+)
 from utils.serving.departure import SCOPE_KEY as DEPARTURE  # noqa: E402
 from utils.serving.model_control import ModelControl  # noqa: E402
 from utils.serving.preflight import check_model_store  # noqa: E402
@@ -95,6 +102,7 @@ class Localization:
 
     def __init__(self) -> None:
         self.ready = False
+        self.full_collections: collector.FullCollections | None = None
         name = self.model.tag.name
 
         def resolve(tag: str | None) -> StoredModel:
@@ -152,9 +160,23 @@ class Localization:
     async def _start(self) -> None:
         await self.pipeline.start()
         self.reloader.start()
+        # Python's garbage collector off the tail (utils/serving/collector.py)
+        collector.watch()  # every collection's pause, on /metrics
+        if settings.gc_freeze:
+            log.info("garbage collector: %d start-up objects frozen", collector.settle())
+        if settings.gc_full_max_interval_s > 0:
+            collector.defer_full()
+            self.full_collections = collector.FullCollections(
+                lambda: ARRIVALS.total,
+                lambda: ARRIVALS.pending == 0 and self.pipeline.idle(),
+                max_interval_s=settings.gc_full_max_interval_s,
+            )
+            self.full_collections.start()
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
+        if self.full_collections is not None:
+            await self.full_collections.stop()
         await self.reloader.stop()
         await self.pipeline.close()
 

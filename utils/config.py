@@ -128,6 +128,19 @@ class Settings(BaseSettings):
         description="greedy only: a request whose expected queue wait exceeds this share of "
         "REQUEST_TIMEOUT_S is refused at once with 503 and Retry-After.",
     )
+    gc_freeze: bool = Field(
+        default=True,
+        description="Freeze every object alive once a worker has started, so Python's full "
+        "garbage collections skip them (utils/serving/collector.py).",
+    )
+    gc_full_max_interval_s: float = Field(
+        default=120.0,
+        ge=0.0,
+        description="Python's full garbage collections, which stop the event loop (200-800 "
+        "ms each under load, every few seconds), run when the worker is idle, and under "
+        "sustained load at most this many seconds apart. 0: the interpreter starts them "
+        "itself, as by default (utils/serving/collector.py).",
+    )
     ort_intra_op_threads: int = Field(default=0, ge=0, description="0: cores per worker.")
     ort_inter_op_threads: int = Field(default=1, ge=0)
     ort_providers: Annotated[list[ExecutionProvider], NoDecode] = Field(

@@ -896,6 +896,19 @@ def test_workers_run_uvicorns_c_http_parser_and_libuv_loop(server: Server) -> No
         assert "httptools" in paths and "uvloop" in paths
 
 
+def test_workers_keep_full_garbage_collections_off_requests(
+    server: Server, spec: FeatureSpec
+) -> None:
+    """Each worker froze its start-up objects and starts no full collection by itself
+    (utils/serving/collector.py); the young collections' pauses reach /metrics."""
+    assert server.log().count("start-up objects frozen") == 2, server.log()[-3000:]
+    capture = b64(generate_scenes(1, seed=77, spec=spec).iq[0])
+    for _ in range(30):  # each prediction allocates enough for a few young collections
+        assert post(server, "/predict", {"iq_b64": capture, "cache_enabled": False}).is_success
+    young = _counter(server, 'rfloc_gc_pause_seconds_count{generation="0"}')
+    assert young > 0
+
+
 def test_start_message_says_where_to_go_and_its_examples_run(server: Server) -> None:
     """Once ready, one worker (not every worker) logs the pages and requests to paste; each
     pasted request answers."""

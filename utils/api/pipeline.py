@@ -178,6 +178,11 @@ class Pipeline:
             )
         return note
 
+    def idle(self) -> bool:
+        """No prediction queued or running in the greedy batcher (the other dispatchers do
+        not say: never idle, as far as they are concerned)."""
+        return isinstance(self.batcher, Greedy) and not self.batcher.busy
+
     def runtime_for(self, key: str | None) -> ModelRuntime | None:
         """The model a pinned `infer` item names (None: the serving one)."""
         return self.served.runtime if key is None else self._live.get(key)

@@ -21,10 +21,12 @@ class Arrivals:
 
     def __init__(self) -> None:
         self.pending = 0
+        self.total = 0  # every ticket ever opened: unchanged means no request began
         self._listeners: list[Callable[[], None]] = []
 
     def arrive(self) -> Ticket:
         self.pending += 1
+        self.total += 1
         return Ticket(self)
 
     def listen(self, callback: Callable[[], None]) -> None:

@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from utils.config import get_settings
-from utils.serving import metrics_snapshot
+from utils.serving import collector, metrics_snapshot
 from utils.serving.greedy import BatchRecord, Reason
 
 if TYPE_CHECKING:
@@ -122,6 +122,13 @@ MODEL_INFO = Gauge(
     ["name", "version", "sha256", "bento_tag"],
     multiprocess_mode="mostrecent",
 )
+GC_PAUSE_SECONDS = Histogram(
+    f"{PREFIX}_gc_pause_seconds",
+    "Pauses of Python's garbage collector (the event loop stops), by generation "
+    "(utils/serving/collector.py)",
+    ["generation"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 MODEL_RELOADS = Counter(
     f"{PREFIX}_model_reloads",
     "Model reloads by result: success (a new model swapped in), unchanged (already served), "
@@ -144,6 +151,7 @@ KNOWN_LABELS: dict[MetricWrapperBase, tuple[str, ...]] = {
     CACHE_REJECTED: CACHE_REJECT_REASONS,
     CONNECTIONS_CLOSED: CONNECTION_CLOSE_REASONS,
     MODEL_RELOADS: ("success", "unchanged", "failed"),
+    GC_PAUSE_SECONDS: ("0", "1", "2"),
 }
 
 
@@ -154,6 +162,12 @@ def initialise(served: ServedModel) -> None:
         for value in values:
             metric.labels(value)
     model_loaded(served)
+
+
+def report_gc() -> None:
+    """The garbage collector's pauses since the last report (`utils/serving/collector.py`)."""
+    for generation, seconds in collector.drain():
+        GC_PAUSE_SECONDS.labels(str(generation)).observe(seconds)
 
 
 #: one read of every worker's metrics, shared by the /metrics and /model/info asking at once
@@ -186,6 +200,7 @@ def count_predictions(route: str, samples: int, elapsed_s: float) -> None:
     PREDICTIONS.labels(route).inc(samples)
     WORKER_PREDICTIONS.inc(samples)
     REQUEST_SECONDS.labels(route).observe(elapsed_s)
+    report_gc()
 
 
 def _model_labels(served: ServedModel) -> tuple[str, str, str, str]:
