@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         "per model at load, half a single inference when a sample is >= 1.25x cheaper in a "
         "batch (utils/serving/queue_delay.py), for a GPU.",
     )
+    batch_on_loop: Literal["auto"] | bool = Field(
+        default="auto",
+        description="greedy only: run each batch on the worker's event loop (true) or in a "
+        "thread (false). auto: measured per model at load, on the loop when a full batch "
+        "takes at most 10 ms (utils/serving/on_loop.py).",
+    )
     batch_wait_budget_share: float = Field(
         default=0.5,
         gt=0.0,

@@ -881,6 +881,26 @@ def test_the_greedy_wait_is_decided_from_the_served_models_own_measurement(
         assert float(delay) == pytest.approx(expected, abs=0.051)  # as logged, 1 decimal
 
 
+def test_where_batches_run_is_decided_from_the_served_models_own_measurement(
+    server: Server, spec: FeatureSpec
+) -> None:
+    """BATCH_ON_LOOP=auto (the default): each worker logged where its batches run, from the
+    full batch it measured (`utils/serving/on_loop.py`); the demo model's is short enough
+    for the event loop, and it answers from there."""
+    notes = re.findall(
+        r"batches (on the event loop|in a worker thread) \(auto: a batch of (\d+) takes "
+        r"([\d.]+) ms, on the loop up to (\d+)\)",
+        server.log(),
+    )
+    assert len(notes) >= 2  # one per worker
+    for where, size, full_ms, limit in notes:
+        assert int(size) == 8 and int(limit) == 10
+        assert where == ("on the event loop" if float(full_ms) <= 10.0 else "in a worker thread")
+    assert any(where == "on the event loop" for where, *_ in notes)
+    capture = b64(generate_scenes(1, seed=78, spec=spec).iq[0])
+    assert post(server, "/predict", {"iq_b64": capture, "cache_enabled": False}).is_success
+
+
 def test_workers_run_uvicorns_c_http_parser_and_libuv_loop(server: Server) -> None:
     """`requirements/serve.txt` installs httptools and uvloop; uvicorn picks them only when they
     import, so check the running workers have them loaded (else they fell back to h11/asyncio,

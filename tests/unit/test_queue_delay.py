@@ -95,7 +95,8 @@ def test_the_batcher_takes_the_served_models_delay_and_follows_a_reload(tmp_path
 
 
 def test_the_load_path_measures_the_profile_only_where_it_is_used(tmp_path: Path) -> None:
-    """`load_served` on a real toy model: greedy + auto measures; an explicit delay does not."""
+    """`load_served` on a real toy model: greedy + an `auto` (the queue delay's or
+    BATCH_ON_LOOP's) measures; explicit settings for both do not."""
     from utils.model.served import load_served
 
     folder = tmp_path / "m"
@@ -105,5 +106,7 @@ def test_the_load_path_measures_the_profile_only_where_it_is_used(tmp_path: Path
     auto = load_served(stored, Settings(_env_file=None, batch_queue_delay_ms="auto"), 1, "t")
     assert auto.batch_profile is not None and auto.batch_profile.batch == 8
     assert auto.batch_profile.single_s > 0
-    fixed = load_served(stored, Settings(_env_file=None, batch_queue_delay_ms=0), 1, "t")
-    assert fixed.batch_profile is None
+    on_loop = load_served(stored, Settings(_env_file=None, batch_queue_delay_ms=0), 1, "t")
+    assert on_loop.batch_profile is not None  # BATCH_ON_LOOP=auto (the default) needs it
+    fixed = Settings(_env_file=None, batch_queue_delay_ms=0, batch_on_loop=False)
+    assert load_served(stored, fixed, 1, "t").batch_profile is None

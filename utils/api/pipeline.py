@@ -50,6 +50,7 @@ from utils.serving.cache import (
     make_cache,
 )
 from utils.serving.departure import Departure, check
+from utils.serving.on_loop import MAX_LOOP_BATCH_S, batches_on_loop, full_batch_s
 from utils.serving.queue_delay import queue_delay_s
 
 #: Batched inference over canonical captures on the given model, one raw result dict per
@@ -140,6 +141,7 @@ class Pipeline:
         max_batch_items: int,
         batcher: Batcher | None = None,
         queue_delay_setting: float | Literal["auto"] = 0.0,
+        on_loop_setting: bool | Literal["auto"] = False,
         signing_key: bytes | None = None,
     ) -> None:
         self.served = served
@@ -155,6 +157,7 @@ class Pipeline:
         self.max_batch_items = max_batch_items
         self.batcher = batcher
         self.queue_delay_setting = queue_delay_setting
+        self.on_loop_setting = on_loop_setting
 
     def swap(self, new: ServedModel) -> ServedModel:
         """Serve `new` from the next request on; requests in flight keep theirs. The greedy
@@ -163,6 +166,11 @@ class Pipeline:
         self._live[new.key] = new.runtime
         if isinstance(self.batcher, Greedy):
             self.batcher.set_queue_delay(queue_delay_s(self.queue_delay_setting, new.batch_profile))
+            self.batcher.set_on_loop(
+                batches_on_loop(
+                    self.on_loop_setting, new.batch_profile, self.batcher.max_batch_size
+                )
+            )
         return previous
 
     def batching_note(self) -> str:
@@ -175,6 +183,14 @@ class Pipeline:
             note += (
                 f" (auto: {1000 * profile.single_s:.1f} ms alone, {profile.gain:.2f}x cheaper "
                 f"per sample at batch {profile.batch})"
+            )
+        where = "on the event loop" if self.batcher.on_loop else "in a worker thread"
+        note += f", batches {where}"
+        if profile is not None and self.on_loop_setting == "auto":
+            full = full_batch_s(profile, self.batcher.max_batch_size)
+            note += (
+                f" (auto: a batch of {self.batcher.max_batch_size} takes {1000 * full:.1f} ms, "
+                f"on the loop up to {1000 * MAX_LOOP_BATCH_S:.0f})"
             )
         return note
 
@@ -206,6 +222,9 @@ class Pipeline:
             queue_delay_s=queue_delay_s(settings.batch_queue_delay_ms, served.batch_profile),
             observer=metrics.observe_batch,
             arrivals=arrivals,
+            on_loop=batches_on_loop(
+                settings.batch_on_loop, served.batch_profile, settings.batch_max_size
+            ),
         )
         cache = make_cache(
             settings.redis_url,
@@ -223,6 +242,7 @@ class Pipeline:
             max_batch_items=settings.max_batch_items,
             batcher=batcher,
             queue_delay_setting=settings.batch_queue_delay_ms,
+            on_loop_setting=settings.batch_on_loop,
             signing_key=settings.cache_signing_key.get_secret_value().encode()
             if settings.cache_signing_key
             else None,

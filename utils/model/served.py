@@ -70,7 +70,8 @@ def load_served(
     except (ModelLoadError, ContractViolation, CorruptModelError) as exc:
         raise ModelLoadError(f"{stored.tag}: {exc}") from exc
     profile = None
-    if settings.batch_dispatch == "greedy" and settings.batch_queue_delay_ms == "auto":
+    measured = "auto" in (settings.batch_queue_delay_ms, settings.batch_on_loop)
+    if settings.batch_dispatch == "greedy" and measured:
         scenes = list(generate_scenes(2, seed=2, spec=runtime.spec).iq)
         profile = batch_profile.measure(runtime, scenes, min(8, settings.batch_max_size))
     version = runtime.version_label(stored.version)

@@ -11,7 +11,9 @@
 - `proxy`: no batcher here; the service calls its batchable `infer` API through
   `self.to_async.infer` (BentoML's documented route, CORK behind an in-process HTTP client).
 
-In all three the batch runs in a worker thread, so the event loop keeps accepting requests.
+`greedy` runs a batch on the worker's event loop or in a thread (`BATCH_ON_LOOP`,
+`utils/serving/on_loop.py`); `cork` and `proxy` in a worker thread, so the event loop keeps
+accepting requests.
 """
 
 from __future__ import annotations
@@ -43,8 +45,16 @@ def _in_thread(batch_fn: Callable[[list[Any]], list[Any]]) -> Callable[[list[Any
     return run
 
 
+def _on_loop(batch_fn: Callable[[list[Any]], list[Any]]) -> Callable[[list[Any]], Any]:
+    async def run(items: list[Any]) -> list[Any]:
+        return batch_fn(list(items))
+
+    return run
+
+
 class Greedy:
-    """`GreedyBatcher` around a synchronous batch function run in a worker thread."""
+    """`GreedyBatcher` around a synchronous batch function, run on the event loop or in a
+    worker thread (`on_loop`, changed with `set_on_loop` when a reload brings a new model)."""
 
     def __init__(
         self,
@@ -55,9 +65,16 @@ class Greedy:
         queue_delay_s: float,
         observer: Callable[[BatchRecord], None] | None,
         arrivals: Arrivals | None = None,
+        on_loop: bool = False,
     ) -> None:
+        self.on_loop = on_loop
+        threaded, looped = _in_thread(batch_fn), _on_loop(batch_fn)
+
+        async def run(items: list[Any]) -> list[Any]:
+            return await (looped if self.on_loop else threaded)(items)
+
         self._batcher: GreedyBatcher[Any, Any] = GreedyBatcher(
-            _in_thread(batch_fn),
+            run,
             max_batch_size=max_batch_size,
             wait_budget_s=wait_budget_s,
             queue_delay_s=queue_delay_s,
@@ -70,6 +87,10 @@ class Greedy:
         return self._batcher.queue_delay_s
 
     @property
+    def max_batch_size(self) -> int:
+        return self._batcher.max_batch_size
+
+    @property
     def busy(self) -> bool:
         """A batch runs or items queue: a request submitted now would wait."""
         return self._batcher.busy or self._batcher.queued > 0
@@ -77,6 +98,10 @@ class Greedy:
     def set_queue_delay(self, seconds: float) -> None:
         """A reloaded model brings its own `auto` wait (`utils/serving/queue_delay.py`)."""
         self._batcher.queue_delay_s = seconds
+
+    def set_on_loop(self, on_loop: bool) -> None:
+        """A reloaded model brings its own `auto` choice (`utils/serving/on_loop.py`)."""
+        self.on_loop = on_loop
 
     async def submit(self, item: Any, departure: Departure | None = None) -> Any:
         """`departure`: the item is dropped, unrun, if its client leaves while it queues."""
@@ -129,8 +154,10 @@ def make_batcher(
     queue_delay_s: float,
     observer: Callable[[BatchRecord], None] | None = None,
     arrivals: Arrivals | None = None,
+    on_loop: bool = False,
 ) -> Batcher | None:
-    """The in-worker batcher for `dispatch`; None for `proxy` (the `infer` API batches)."""
+    """The in-worker batcher for `dispatch`; None for `proxy` (the `infer` API batches).
+    `on_loop`: greedy runs its batches on the event loop."""
     if dispatch == "greedy":
         return Greedy(
             batch_fn,
@@ -139,6 +166,7 @@ def make_batcher(
             queue_delay_s=queue_delay_s,
             observer=observer,
             arrivals=arrivals,
+            on_loop=on_loop,
         )
     if dispatch == "cork":
         return Cork(batch_fn, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms)
