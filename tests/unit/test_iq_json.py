@@ -17,6 +17,8 @@ from starlette.types import Receive, Scope, Send
 from utils.api.errors import InvalidField
 from utils.api.iq_json import (
     SCOPE_KEY,
+    _regular,
+    _typed,
     join_fields,
     nesting,
     parse_capture,
@@ -47,6 +49,45 @@ def test_parse_matches_the_stdlib_reference(capture: list[list[list[float]]]) ->
     np.testing.assert_array_equal(parse_capture(raw, "iq_data"), reference)
     one = json.dumps(capture[0]).encode()  # one receiver: [[I, Q], ...]
     np.testing.assert_array_equal(parse_capture(one, "iq_data"), reference[0])
+
+
+values = st.one_of(numbers, st.booleans(), st.none(), st.just("1"))
+items = st.one_of(
+    st.tuples(numbers, numbers).map(list),
+    st.lists(values, min_size=0, max_size=3),  # a triple, a single, a non-number: irregular
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(items, min_size=1, max_size=5), min_size=1, max_size=4),
+    st.sampled_from([None, 0, 2]),
+)
+def test_the_quick_way_answers_only_what_the_typed_way_answers_the_same(
+    capture: list[list[Any]], indent: int | None
+) -> None:
+    """`_regular` (skeleton + simdjson) either declines or gives exactly what msgspec's typed
+    lists give, whatever the nesting, values or whitespace; a regular field takes it."""
+    for raw, depth in (
+        (json.dumps(capture, indent=indent).encode(), 3),
+        (json.dumps(capture[0], indent=indent).encode(), 2),
+    ):
+        quick = _regular(raw, depth)
+        try:
+            typed = _typed(raw, depth, "iq_data")
+        except InvalidField:
+            assert quick is None
+            continue
+        if quick is not None:
+            np.testing.assert_array_equal(quick, typed)
+        regular = all(
+            len(row) == len(capture[0])
+            and all(isinstance(v, list) and len(v) == 2 for v in row)
+            and all(type(x) in (int, float) for v in row for x in v)
+            for row in (capture if depth == 3 else capture[:1])
+        )
+        if regular:
+            assert quick is not None
 
 
 @pytest.mark.parametrize(

