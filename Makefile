@@ -101,6 +101,7 @@ ifeq ($(MODEL),demo)
 	$(PY) -m benchmarks.compare
 	$(PY) -m benchmarks.burst
 	$(PY) -m benchmarks.steady
+	$(PY) -m benchmarks.seed_sla
 else
 	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
 	uri=$$($(PY) -m benchmarks.big_model --registry "$$scratch" --arch $(MODEL) | tail -1) && \

@@ -196,6 +196,29 @@ def test_burst_runs_every_policy_at_tiny_scale(demo_registry, tmp_path: Path) ->
     assert "| policy | target |" in (tmp_path / "burst.md").read_text()
 
 
+def test_seed_sla_runs_both_encodings_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
+    """heimdall's SLA scenario: iq_data then iq_b64, fresh / burst / after burst, each row
+    with its verdict (figures are not asserted, only that they were measured)."""
+    settings, _ = demo_registry
+    run_script(
+        "benchmarks.seed_sla",
+        *("--clients", "4", "--seconds", "1", "--warmup-seconds", "1", "--burst-seconds", "1"),
+        *("--captures", "2", "--tracking-uri", settings.tracking_uri, "--out", str(tmp_path)),
+    )
+    data = json.loads((tmp_path / "seed_sla.json").read_text())
+    seen = {(r["encoding"], r["phase"], r["clients"]) for r in data["rows"]}
+    for encoding in ("iq_data", "iq_b64"):
+        assert {
+            (encoding, "fresh", 4),
+            (encoding, "burst", 8),
+            (encoding, "after burst", 4),
+        } <= seen
+    assert data["meta"]["body_kb"]["iq_data"] > 400  # the seed's 5 x 2048 pairs
+    assert all(r["requests"] > 0 and r["success"] == 1.0 for r in data["rows"]), data["rows"]
+    assert all(isinstance(r["meets_p95"], bool) for r in data["rows"])
+    assert "| iq_data | after burst | 4 |" in (tmp_path / "seed_sla.md").read_text()
+
+
 def test_steady_interleaves_policies_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
     """Both servers up at once, measured in turn, fresh and after a burst, with ratios."""
     settings, _ = demo_registry
