@@ -3,9 +3,11 @@ project's layers (no ASGI middlewares, no batcher, no cache, no validation model
 
     PEER_MODEL_DIR=<model dir> bentoml serve benchmarks.peers.bare_bentoml:Bare
 
-BentoML's own defaults for a sync API (run in its thread pool) and `workers` as the service
-has them (`SERVICE_WORKERS`, else one per core): what remains between this and the service is
-what the project adds on top of BentoML.
+An `async` API doing the compute on the event loop, as KServe's ModelServer does and as this
+service does for a model this cheap (`BATCH_ON_LOOP=auto`); a sync API would add BentoML's
+thread-pool hop to the floor. `workers` as the service has them (`SERVICE_WORKERS`, else one
+per core): what remains between this and the service is what the project adds on top of
+BentoML.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Bare:
         self.runtime = load_runtime(model_dir_from_env())
 
     @bentoml.api(route="/predict")
-    def predict(self, iq_b64: str, cache_enabled: bool = True) -> dict[str, Any]:
+    async def predict(self, iq_b64: str, cache_enabled: bool = True) -> dict[str, Any]:
         """Decode + preprocessing + ONNX for one capture (`cache_enabled` is taken and ignored,
         so the body is the one this service gets)."""
         return predict_texts(self.runtime, [iq_b64])[0]

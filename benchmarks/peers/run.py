@@ -133,7 +133,7 @@ PEERS: dict[str, Peer] = {
         settings={
             "command": "bentoml serve benchmarks.peers.bare_bentoml:Bare",
             "workers": 2,
-            "batching": "none: a sync @bentoml.api, one request per call, in BentoML's thread pool",
+            "batching": "none: an async @bentoml.api computing on the event loop, one request per call",
             "layers": "none of the project's (no middlewares, cache, batcher, ellipse)",
             "ONNX Runtime threads": "1 intra-op, 1 inter-op per worker",
             "body": '{"iq_b64": ..., "cache_enabled": false} on POST /predict',
@@ -340,16 +340,36 @@ def measure(
     timeout_s: int,
 ) -> dict[str, Any]:
     cpu = tree_cpu_seconds(pid)
+    base = url.removesuffix(peer.path)
+    served = worker_predictions(base) if peer.key == "service" else {}
     figures = wrk(url, bodies, connections, seconds, threads, timeout_s)
     row = level_row(peer, phase, connections, figures, tree_cpu_seconds(pid) - cpu)
+    if served:  # this service: how the requests spread over its workers
+        after = worker_predictions(base)
+        done = {w: after[w] - served.get(w, 0.0) for w in after}
+        total = sum(done.values())
+        if total > 0:
+            row["worker_shares"] = sorted(round(v / total, 3) for v in done.values())
     print(
         f"  {peer.name:<22} {phase:<12} c={connections:<3} {row['rps']:>8} req/s  "
         f"p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>8} ms  p99/p50 {row['p99_over_p50']}  "
         f"non-2xx {row['non_2xx']}  errors {row['errors']}  "
-        f"cpu {row['cpu_ms_per_request']} ms/req",
+        f"cpu {row['cpu_ms_per_request']} ms/req"
+        + (f"  workers {row['worker_shares']}" if "worker_shares" in row else ""),
         flush=True,
     )
     return row
+
+
+def worker_predictions(base: str) -> dict[str, float]:
+    """This service's predictions so far by worker process (`rfloc_worker_predictions`)."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("rfloc_worker_predictions{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels] = float(value)
+    return out
 
 
 def check_answers(
@@ -563,6 +583,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"c={ours['concurrency']} p50: this service {ours['p50_ms']} ms against the bare "
             f"BentoML floor's {floor['p50_ms']} ms ({ours['p50_ms'] / floor['p50_ms']:.2f}×; "
             "the floor already holds one inference).",
+        ]
+    shares = [r for r in result["rows"] if r.get("worker_shares")]
+    if shares:
+        lines += ["", "This service's requests per worker (share of each of its 2 workers):", ""]
+        lines += [
+            f"- {r['phase']}, c={r['concurrency']}: {' / '.join(map(str, r['worker_shares']))}"
+            for r in shares
+            if r["phase"] in ("fresh", "after burst")
         ]
     lines += ["", "## Settings", ""]
     for s in result["servers"]:
