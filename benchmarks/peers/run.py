@@ -133,7 +133,7 @@ PEERS: dict[str, Peer] = {
         settings={
             "command": "bentoml serve benchmarks.peers.bare_bentoml:Bare",
             "workers": 2,
-            "batching": "none: an async @bentoml.api computing on the event loop, one request per call",
+            "batching": "none: an async @bentoml.api, computing on the event loop, per request",
             "layers": "none of the project's (no middlewares, cache, batcher, ellipse)",
             "ONNX Runtime threads": "1 intra-op, 1 inter-op per worker",
             "body": '{"iq_b64": ..., "cache_enabled": false} on POST /predict',
