@@ -93,7 +93,10 @@ def test_full_collections_run_on_the_event_loop_and_stop() -> None:
             lambda: 0, lambda: True, quiet_s=0.0, min_interval_s=0.0, check_s=0.01
         )
         full.start()
-        await asyncio.sleep(0.1)
+        for _ in range(1000):  # a full collection of a large test process takes a while
+            if full.runs["idle"] >= 2:
+                break
+            await asyncio.sleep(0.01)
         await full.stop()
         return full.runs
 
