@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PORT   ?= 3000
 
-.PHONY: benchmark-peers benchmark-memory benchmark-oversized benchmark-scan benchmark-reload image lock serve test lint bootstrap import bento container-test replicas-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
+.PHONY: benchmark-path benchmark-peers benchmark-memory benchmark-oversized benchmark-scan benchmark-reload image lock serve test lint bootstrap import bento container-test replicas-test load benchmark soak fuzz install-train install-test clean-registry help vendor-map
 
 help:
 	@echo "make serve   set up, bootstrap the demo model when no registry is configured, serve"
@@ -102,6 +102,7 @@ ifeq ($(MODEL),demo)
 	$(PY) -m benchmarks.burst
 	$(PY) -m benchmarks.steady
 	$(PY) -m benchmarks.seed_sla
+	$(PY) -m benchmarks.path
 else
 	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
 	uri=$$($(PY) -m benchmarks.big_model --registry "$$scratch" --arch $(MODEL) | tail -1) && \
@@ -112,6 +113,19 @@ else
 	$(PY) -m benchmarks.steady --tracking-uri "$$uri" --label $(MODEL) \
 	  --policies greedy,greedy@auto --baseline greedy --levels 1,8,32 --rounds 6 \
 	  --requests 400 --burst-seconds 10
+endif
+
+# Where a request's time goes: server CPU µs per stage of /predict at c=1 and c=32 (py-spy on
+# every worker, wrk; 2 workers, default settings) and in-process timers of each compute stage.
+# MODEL=resnet18 as for `benchmark`. Results: benchmarks/results/path[-$(MODEL)].md.
+benchmark-path: import install-test
+	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk"; exit 1; }
+ifeq ($(MODEL),demo)
+	$(PY) -m benchmarks.path
+else
+	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	uri=$$($(PY) -m benchmarks.big_model --registry "$$scratch" --arch $(MODEL) | tail -1) && \
+	$(PY) -m benchmarks.path --tracking-uri "$$uri" --label $(MODEL)
 endif
 
 # The same compute (the iq_b64 decode, preprocessing, ONNX Runtime with one thread per process)

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.support.scripts import run_script
 
 
@@ -277,3 +279,35 @@ def test_asgi_layers_measures_every_layer_of_the_stack(tmp_path: Path) -> None:
     for row in data["requests"].values():
         assert row["alone_us"] > 0 and row["stack_us"] > 0 and set(row["saved_us"]) == set(names)
     assert "| layer |" in (tmp_path / "asgi_layers.md").read_text()
+
+
+def test_path_attributes_every_window_at_tiny_scale(demo_registry, tmp_path: Path) -> None:
+    """Where the time goes: py-spy on both workers at c=1 and c=2 (Python frames, and native
+    frames at c=2), every window's samples attributed and converted, the in-process timers."""
+    settings, _ = demo_registry
+    run_script(
+        "benchmarks.path",
+        *("--seconds", "2", "--warmup-seconds", "1", "--levels", "1,2", "--native-levels", "2"),
+        *("--repeats", "3", "--captures", "2"),
+        *("--tracking-uri", settings.tracking_uri, "--out", str(tmp_path)),
+    )
+    data = json.loads((tmp_path / "path.json").read_text())
+    windows = {(w["concurrency"], w["profile"]): w for w in data["windows"]}
+    assert set(windows) == {(1, "none"), (1, "python"), (2, "none"), (2, "python"), (2, "native")}
+    for (_, profile), w in windows.items():
+        assert w["requests"] > 0 and w["non_2xx"] == 0 and w["errors"] == 0, w
+        assert w["cpu_ms_per_request"] > 0
+        if profile == "none":
+            continue
+        attributed = path_stage_sum(w) + w["unattributed_us_per_request"]
+        assert w["samples"] > 0 and attributed == pytest.approx(
+            w["cpu_ms_per_request"] * 1000, rel=0.01
+        )
+    assert "preprocessing (mel: scipy, numpy)" in windows[(2, "python")]["stages"]
+    assert len(data["meta"]["batching"]) == 2  # each worker's choice, from its start-up log
+    assert {r["batch"] for r in data["timers"]} == {1, 8}
+    assert "| stage | c=1 µs/request | c=2 µs/request |" in (tmp_path / "path.md").read_text()
+
+
+def path_stage_sum(window: dict) -> float:
+    return sum(s["us_per_request"] for s in window["stages"].values())
