@@ -184,13 +184,14 @@ def strong_rules(layers: Sequence[tuple[str, str]]) -> list[Rule]:
     ]
     rules += [Rule(layer_stage(name), "^" + re.escape(file) + "$") for file, name in layers]
     rules += [
+        # logging and its filters by caller: BentoML's access log is its middleware's
+        Rule(LOGGING, r"^logging/"),
+        Rule(LOGGING, r"^utils/serving/log_filters\.py$"),
+        Rule(LOGGING, r"^bentoml/_internal/log\.py$"),
         Rule(DISPATCH, r"^starlette/"),
         Rule(DISPATCH, r"^_bentoml_impl/(?!worker/)"),  # not the worker's start-up frames
         Rule(DISPATCH, r"^_bentoml_sdk/"),
         Rule(DISPATCH, r"^bentoml/"),
-        # logging and its filters by caller: BentoML's access log is its middleware's
-        Rule(LOGGING, r"^logging/"),
-        Rule(LOGGING, r"^utils/serving/log_filters\.py$"),
     ]
     return rules
 
@@ -243,7 +244,7 @@ def parse_frame(text: str) -> tuple[str, str, str]:
 
 def read_raw(path: Path) -> collections.Counter[tuple[str, ...]]:
     """py-spy's raw (collapsed) output: stack (outermost first) -> samples. The leading
-    `thread (...)` frame that `--threads` adds is kept as the thread's name only."""
+    `thread (<tid>): <name>` frame that `--threads` adds becomes `thread: <name> #<tid>`."""
     out: collections.Counter[tuple[str, ...]] = collections.Counter()
     if not path.exists():
         return out
@@ -252,10 +253,21 @@ def read_raw(path: Path) -> collections.Counter[tuple[str, ...]]:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        if frames and frames[0].startswith("thread ("):
-            frames[0] = "thread: " + frames[0].split("): ", 1)[-1]
+        m = re.match(r"^thread \((\w+)\)(?:: (.*))?$", frames[0]) if frames else None
+        if m:
+            frames[0] = f"thread: {m[2] or 'unnamed'} #{m[1]}"
         out[tuple(frames)] += int(count)
     return out
+
+
+def thread_of(stack: Sequence[str]) -> tuple[str, int | None]:
+    """(name, OS thread id) of a stack's thread frame, ("", None) without one."""
+    if not stack or not stack[0].startswith("thread: "):
+        return "", None
+    name, _, tid = stack[0].removeprefix("thread: ").rpartition(" #")
+    if not name:
+        return tid, None
+    return name, int(tid) if tid.isdigit() else None
 
 
 class Classifier:
@@ -276,11 +288,21 @@ class Classifier:
         return hit
 
     def classify(self, stack: Sequence[str]) -> str:
+        return self.decide(stack)[0]
+
+    def decide(self, stack: Sequence[str]) -> tuple[str, str]:
+        """(stage, the frame that decided it as `function (file)`, or "")."""
         frames = [self._frame(t) for t in stack if not t.startswith("thread: ")]
-        if any(f[4] for f in frames[-3:]):
-            return WAITING
-        if any(f[3] == GC for f in frames if "libpython" in f[1]):
-            return GC  # a collection runs wherever an allocation triggers it
+
+        def named(f: tuple[str, str, str, str | None, bool]) -> str:
+            return f"{f[0]} ({f[1]})"
+
+        for f in frames[-3:]:
+            if f[4]:
+                return WAITING, named(f)
+        for f in frames:
+            if f[3] == GC and "libpython" in f[1]:
+                return GC, named(f)  # a collection runs wherever an allocation triggers it
         for depth in range(len(frames) - 1, -1, -1):
             stage = frames[depth][3]
             if stage is None:
@@ -293,13 +315,14 @@ class Classifier:
                     caller[3] == BENTO_MIDDLEWARE
                     or caller[1].startswith(("bentoml/", "_bentoml_impl/", "_bentoml_sdk/"))
                 ):
-                    return METRICS_BENTO if stage == METRICS_OURS else BENTO_MIDDLEWARE
-            return stage
-        for func, file, _, _, _ in reversed(frames):
-            weak = next((r.stage for r in WEAK if r.matches(func, file)), None)
+                    bento = METRICS_BENTO if stage == METRICS_OURS else BENTO_MIDDLEWARE
+                    return bento, named(caller)
+            return stage, named(frames[depth])
+        for f in reversed(frames):
+            weak = next((r.stage for r in WEAK if r.matches(f[0], f[1])), None)
             if weak is not None:
-                return weak
-        return OTHER
+                return weak, named(f)
+        return OTHER, ""
 
 
 def top_frames(stack: Sequence[str], depth: int = 3) -> str:
@@ -307,7 +330,7 @@ def top_frames(stack: Sequence[str], depth: int = 3) -> str:
     shown = []
     for text in stack[-depth:]:
         if text.startswith("thread: "):
-            shown.append(text)
+            shown.append(f"thread: {thread_of([text])[0]}")
             continue
         func, file, line = parse_frame(text)
         shown.append(f"{func} ({file}:{line})" if line else f"{func} ({file})")
@@ -316,22 +339,72 @@ def top_frames(stack: Sequence[str], depth: int = 3) -> str:
 
 @dataclass
 class Attribution:
-    """One worker's samples: per stage, the innermost frames seen in each stage, per thread."""
+    """One worker's samples: per thread and stage; the innermost frames and the deciding
+    function seen in each stage; samples per thread name."""
 
-    stages: collections.Counter[str]
+    by_thread: dict[int | None, collections.Counter[str]]
     frames: dict[str, collections.Counter[str]]
+    deciders: dict[str, collections.Counter[str]]
     threads: collections.Counter[str]
+    names: dict[int, str]
+
+    @property
+    def stages(self) -> collections.Counter[str]:
+        out: collections.Counter[str] = collections.Counter()
+        for counts in self.by_thread.values():
+            out.update(counts)
+        return out
 
 
 def attribute(samples: collections.Counter[tuple[str, ...]], classifier: Classifier) -> Attribution:
-    out = Attribution(collections.Counter(), {}, collections.Counter())
+    out = Attribution({}, {}, {}, collections.Counter(), {})
     for stack, n in samples.items():
-        stage = classifier.classify(stack)
-        out.stages[stage] += n
+        stage, decider = classifier.decide(stack)
+        name, tid = thread_of(stack)
+        out.by_thread.setdefault(tid, collections.Counter())[stage] += n
+        if tid is not None:
+            out.names[tid] = name
+        if stage == WAITING:
+            continue
         out.frames.setdefault(stage, collections.Counter())[top_frames(stack)] += n
-        if stack and stack[0].startswith("thread: "):
-            out.threads[stack[0].removeprefix("thread: ")] += n
+        out.deciders.setdefault(stage, collections.Counter())[decider] += n
+        if name:
+            out.threads[name] += n
     return out
+
+
+def thread_weights(
+    found: Attribution, worker_cpu: float, threads_cpu: dict[int, float] | None
+) -> tuple[dict[int | None, float], float]:
+    """CPU seconds per sample of each sampled thread, and the worker's CPU left unattributed.
+
+    A thread psutil timed gets its own CPU spread over its own samples: py-spy counts a thread
+    that is runnable but waits for a core as busy, so on shared cores raw sample counts would
+    shift time between threads (a loop thread woken while the model's thread computes). What
+    the timed threads do not account for (threads gone before the window ended, or not timed)
+    is spread over the other threads' samples; a worker with no sample leaves its CPU
+    unattributed."""
+    busy = {
+        tid: sum(n for stage, n in counts.items() if stage != WAITING)
+        for tid, counts in found.by_thread.items()
+    }
+    busy = {tid: n for tid, n in busy.items() if n > 0}
+    timed = {
+        tid: threads_cpu[tid]
+        for tid in busy
+        if tid is not None and threads_cpu is not None and threads_cpu.get(tid, 0.0) > 0
+    }
+    timed_total = sum(timed.values())
+    if timed_total > worker_cpu > 0:  # psutil's tick rounding: never more than the process
+        timed = {tid: c * worker_cpu / timed_total for tid, c in timed.items()}
+        timed_total = worker_cpu
+    rest = max(0.0, worker_cpu - timed_total)
+    untimed = sum(n for tid, n in busy.items() if tid not in timed)
+    weights = {tid: timed[tid] / busy[tid] for tid in timed}
+    if untimed:
+        weights.update({tid: rest / untimed for tid in busy if tid not in timed})
+        rest = 0.0
+    return weights, rest
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -352,6 +425,11 @@ def worker_processes(pid: int) -> list[psutil.Process]:
 def cpu_seconds(proc: psutil.Process) -> float:
     times = proc.cpu_times()
     return times.user + times.system
+
+
+def thread_cpu_seconds(proc: psutil.Process) -> dict[int, float]:
+    """User + system CPU seconds of each of a process's threads so far, by OS thread id."""
+    return {t.id: t.user_time + t.system_time for t in proc.threads()}
 
 
 def scrape(base: str) -> dict[tuple[str, str], float]:
@@ -433,6 +511,11 @@ class Profiler:
         self.started.set()
 
     def stop(self) -> dict[str, Any]:
+        try:  # py-spy's own CPU: it shares the cores with the server and the load generator
+            times = psutil.Process(self.proc.pid).cpu_times()
+            own_cpu = times.user + times.system
+        except psutil.Error:
+            own_cpu = 0.0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
@@ -445,6 +528,7 @@ class Profiler:
         m = re.search(r"Samples: (\d+) Errors: (\d+)", summary)
         behind = [x for x in self.lines if "behind in sampling" in x]
         return {
+            "cpu_s": round(own_cpu, 2),
             "samples": int(m[1]) if m else 0,
             "errors": int(m[2]) if m else 0,
             "behind_warnings": len(behind),
@@ -478,10 +562,15 @@ def window(
             p.started.wait(timeout=15)
         time.sleep(0.3)
     metrics_before = scrape(base)
+    threads_before = [thread_cpu_seconds(p) for p in workers]
     cpu_before = [cpu_seconds(p) for p in workers]
     tree_before = tree_cpu_seconds(serve_pid)
     figures = wrk(url, bodies, connections, seconds, 2, 30)
     cpu = [cpu_seconds(p) - b for p, b in zip(workers, cpu_before, strict=True)]
+    threads_cpu = [
+        {tid: c - before.get(tid, 0.0) for tid, c in thread_cpu_seconds(p).items()}
+        for p, before in zip(workers, threads_before, strict=True)
+    ]
     tree = tree_cpu_seconds(serve_pid) - tree_before
     metrics_after = scrape(base)
     spies = [p.stop() for p in profilers]
@@ -505,7 +594,7 @@ def window(
     if profile is not None:
         row["py_spy"] = {"mode": profile, "rate_hz": rate, "workers": spies}
         recordings = [read_raw(p.out) for p in profilers]
-        row.update(stage_figures(recordings, cpu, requests, classifier))
+        row.update(stage_figures(recordings, cpu, requests, classifier, threads_cpu))
     return row
 
 
@@ -541,35 +630,60 @@ def stage_figures(
     cpu: list[float],
     requests: int,
     classifier: Classifier,
+    threads_cpu: list[dict[int, float]] | None = None,
 ) -> dict[str, Any]:
-    """µs per request of each stage: per worker, its share of the worker's samples times the
-    worker's CPU seconds; summed over workers, over the requests served."""
+    """µs per request of each stage: per worker thread, its stage's share of the thread's
+    samples times the thread's CPU seconds (`thread_weights`); summed over threads and
+    workers, over the requests served."""
     stage_s: collections.Counter[str] = collections.Counter()
     samples: collections.Counter[str] = collections.Counter()
     frames: dict[str, collections.Counter[str]] = {}
+    deciders: dict[str, collections.Counter[str]] = {}
     waiting = 0
-    unattributed = 0.0  # CPU of a worker with no sample (an idle worker at c=1)
+    unattributed = 0.0  # CPU no sample stands for (an idle worker at c=1)
     per_worker = []
-    for recording, worker_cpu in zip(recordings, cpu, strict=True):
+    for i, (recording, worker_cpu) in enumerate(zip(recordings, cpu, strict=True)):
         found = attribute(recording, classifier)
-        waiting += found.stages.pop(WAITING, 0)
-        found.frames.pop(WAITING, None)
-        total = sum(found.stages.values())
-        per_worker.append({"samples": total, "threads": dict(found.threads)})
-        if total == 0:
-            unattributed += worker_cpu
-            continue
-        for stage, n in found.stages.items():
-            stage_s[stage] += worker_cpu * n / total
-            samples[stage] += n
+        weights, rest = thread_weights(
+            found, worker_cpu, threads_cpu[i] if threads_cpu is not None else None
+        )
+        unattributed += rest
+        for tid, counts in found.by_thread.items():
+            waiting += counts.get(WAITING, 0)
+            for stage, n in counts.items():
+                if stage == WAITING or tid not in weights:
+                    continue
+                stage_s[stage] += weights[tid] * n
+                samples[stage] += n
+        timed = threads_cpu[i] if threads_cpu is not None else {}
+        per_worker.append(
+            {
+                "samples": sum(found.stages.values()) - found.stages.get(WAITING, 0),
+                "threads": dict(found.threads),
+                # CPU of each thread over the window (threads py-spy saw, by name)
+                "thread_cpu_s": {
+                    f"{found.names.get(tid, 'not sampled')} #{tid}": round(c, 3)
+                    for tid, c in timed.items()
+                    if c > 0
+                },
+                "cpu_s": round(worker_cpu, 3),
+            }
+        )
         for stage, counts in found.frames.items():
             frames.setdefault(stage, collections.Counter()).update(counts)
+        for stage, counts in found.deciders.items():
+            deciders.setdefault(stage, collections.Counter()).update(counts)
     cpu_total = sum(stage_s.values())
     per = max(1, requests)
     all_samples = sum(samples.values())
+    files: dict[str, collections.Counter[str]] = {}
+    for stage, counts in deciders.items():
+        for decider, n in counts.items():
+            file = decider.rpartition(" (")[2].rstrip(")") if decider else ""
+            files.setdefault(stage, collections.Counter())[file] += n
 
-    def top(stage: str, n: int) -> list[dict[str, Any]]:
-        counts = frames.get(stage, collections.Counter())
+    def top(stage: str, n: int, source: dict[str, collections.Counter[str]]) -> list[Any]:
+        counts = source.get(stage, collections.Counter())
         return [
             {"frames": k, "samples": v, "share": round(v / all_samples, 4)}
             for k, v in counts.most_common(n)
@@ -581,7 +695,10 @@ def stage_figures(
                 "samples": samples[stage],
                 "us_per_request": round(1e6 * s / per, 1),
                 "share": round(s / cpu_total, 4) if cpu_total else 0.0,
-                "top_frames": top(stage, 5),
+                # the function (the innermost frame a rule named) and the innermost frames
+                "by_function": top(stage, 8, deciders),
+                "by_file": top(stage, 8, files),
+                "top_frames": top(stage, 5, frames),
             }
             for stage, s in stage_s.most_common()
         },
@@ -589,7 +706,7 @@ def stage_figures(
         "unattributed_us_per_request": round(1e6 * unattributed / per, 1),
         "waiting_samples_left_out": waiting,
         "samples_per_worker": per_worker,
-        "other_top": top(OTHER, 15),
+        "other_top": top(OTHER, 15, frames),
     }
 
 
@@ -729,6 +846,36 @@ def stage_order(layers: Sequence[tuple[str, str]]) -> list[str]:
     ]
 
 
+def stage_groups(layers: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """The stages in a few groups, for the summary: whose code the time is spent in."""
+    return [
+        ("HTTP server (uvloop, uvicorn, httptools)", [EVENT_LOOP, HTTP]),
+        (
+            "BentoML (its middlewares, dispatch and IO descriptors, its metrics)",
+            [BENTO_MIDDLEWARE, DISPATCH, METRICS_BENTO],
+        ),
+        ("request JSON parse + validation (pydantic)", [VALIDATION]),
+        ("the service's ASGI layers", [layer_stage(name) for _, name in layers]),
+        (
+            "the service's request path (service.py, pipeline, batcher hand-off, its metrics)",
+            [SERVICE, CACHE, HAND_OFF, METRICS_OURS, LOGGING],
+        ),
+        (
+            "compute (decode, preprocessing, ONNX, quality, ellipse and response, serialization)",
+            [DECODE, PREPROCESSING, ONNX, RUNTIME, QUALITY, RESPONSE, SERIALIZATION],
+        ),
+        ("garbage collection and other", [GC, OTHER]),
+    ]
+
+
+def group_figures(row: dict[str, Any] | None, stages: list[str]) -> tuple[float, float]:
+    """(µs per request, share) of a group of stages in one window."""
+    if row is None or "stages" not in row:
+        return 0.0, 0.0
+    hits = [row["stages"][s] for s in stages if s in row["stages"]]
+    return sum(h["us_per_request"] for h in hits), sum(h["share"] for h in hits)
+
+
 def _level(result: dict[str, Any], concurrency: int, profile: str) -> dict[str, Any] | None:
     for row in result["windows"]:
         if row["concurrency"] == concurrency and row["profile"] == profile:
@@ -765,18 +912,30 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Batching as each worker chose it at start-up: " + "; ".join(meta["batching"]) + ".",
         "",
-        f"Server CPU µs per request by stage (py-spy `--nonblocking`, Python frames, "
-        f"{meta['rate_hz']} Hz, every worker; a stage's share of a worker's samples × the "
-        "worker's CPU seconds over the window ÷ requests served). The last column is the same "
-        f"attribution from native frames (`--native`, blocking, {meta['native_rate_hz']} Hz, "
-        f"c={high}), which alone sees garbage collection.",
+        "Server CPU µs per request, by group and by stage (py-spy `--nonblocking`, Python "
+        f"frames, {meta['rate_hz']} Hz, every worker; a stage's share of a worker's samples × "
+        "the worker's CPU seconds over the window ÷ requests served). The stage table's last "
+        f"column is the same attribution from native frames (`--native`, blocking, "
+        f"{meta['native_rate_hz']} Hz, c={high}), which alone sees garbage collection.",
         "",
         f"| stage | c={low} µs/request | c={high} µs/request | c={high} share | "
         f"c={high} share, native frames |",
         "|---|---:|---:|---:|---:|",
     ]
     lo, hi = _level(result, low, "python"), _level(result, high, "python")
+    plain_lo, plain_hi = _level(result, low, "none"), _level(result, high, "none")
     native_hi = _level(result, high, "native")
+    summary = [
+        f"| group | c={low} µs/request | c={high} µs/request | c={high} share |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, stages in result["stage_groups"]:
+        lo_us, _ = group_figures(lo, stages)
+        hi_us, hi_share = group_figures(hi, stages)
+        summary.append(f"| {name} | {lo_us:.0f} | {hi_us:.0f} | {100 * hi_share:.1f} % |")
+    lo_total, hi_total = (0.0 if r is None else 1000 * r["cpu_ms_per_request"] for r in (lo, hi))
+    summary.append(f"| **total** | {lo_total:.0f} | {hi_total:.0f} | 100 % |")
+    lines[-3:-3] = ["", *summary]
     for stage in result["stage_order"]:
         cells = [_us(lo, stage), _us(hi, stage), _share(hi, stage), _share(native_hi, stage)]
         if all(c in ("0", "0 %", "") for c in cells):
@@ -789,6 +948,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         f"| **total: server CPU ms per request (workers)** | {total(lo, 'cpu_ms_per_request')} | "
         f"{total(hi, 'cpu_ms_per_request')} | 100 % | |",
+        f"| server CPU ms per request, same level without the profiler | "
+        f"{total(plain_lo, 'cpu_ms_per_request')} | {total(plain_hi, 'cpu_ms_per_request')} | "
+        "| |",
         f"| req/s | {total(lo, 'rps')} | {total(hi, 'rps')} | | |",
         f"| p50 / p99 ms | {total(lo, 'p50_ms')} / {total(lo, 'p99_ms')} | "
         f"{total(hi, 'p50_ms')} / {total(hi, 'p99_ms')} | | |",
@@ -816,8 +978,8 @@ def markdown(result: dict[str, Any]) -> str:
         "## What profiling costs",
         "",
         "| c | profiler | req/s | p50 ms | p99 ms | server CPU ms/request | py-spy samples "
-        "(errors) | py-spy behind, max s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "(errors) | py-spy's own CPU s | py-spy behind, max s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["windows"]:
         spy = row.get("py_spy", {}).get("workers", [])
@@ -832,7 +994,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {row['concurrency']} | {label} | {row['rps']} | {row['p50_ms']} | "
             f"{row['p99_ms']} | {row['cpu_ms_per_request']} | "
-            f"{f'{samples} ({errors})' if spy else ''} | {behind if spy else ''} |"
+            f"{f'{samples} ({errors})' if spy else ''} | "
+            f"{round(sum(x['cpu_s'] for x in spy), 1) if spy else ''} | {behind if spy else ''} |"
         )
     lines += [
         "",
@@ -852,28 +1015,51 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {one} | {eight} |")
     lines += [
         "",
-        f"## The largest stages' innermost frames (c={high}, Python frames; innermost first)",
+        f"## The largest stages (c={high}, Python frames): the files and functions the rules "
+        "named, then the innermost frames (innermost first); shares of all samples",
         "",
     ]
     for stage, hit in (hi or {}).get("stages", {}).items():
         if stage == OTHER or hit["share"] < 0.03:
             continue
-        lines.append(f"- **{stage}** ({100 * hit['share']:.1f} %):")
+        functions = ", ".join(
+            f"`{f['frames']}` {100 * f['share']:.1f} %" for f in hit["by_function"][:4]
+        )
+        by_file = ", ".join(f"`{f['frames']}` {100 * f['share']:.1f} %" for f in hit["by_file"][:4])
+        lines.append(
+            f"- **{stage}** ({100 * hit['share']:.1f} %), by file: {by_file}; by function: "
+            f"{functions}"
+        )
         lines += [f"  - {100 * f['share']:.1f} %: `{f['frames']}`" for f in hit["top_frames"][:3]]
     lines += ["", f'## Top "other" frames (c={high}, Python frames; innermost first)', ""]
     others = (hi or {}).get("other_top", [])
     lines += [f"- {100 * o['share']:.2f} %: `{o['frames']}`" for o in others[:10]] or ["- none"]
     lines += ["", "## Reading it", ""]
+    for profiled, plain in ((lo, plain_lo), (hi, plain_hi)):
+        if profiled and plain and plain["cpu_ms_per_request"]:
+            ratio = profiled["cpu_ms_per_request"] / plain["cpu_ms_per_request"]
+            if ratio > 1.1:
+                lines.append(
+                    f"- At c={profiled['concurrency']} the profiled window cost {ratio:.2f}× "
+                    "the server CPU per request of the same level without the profiler: "
+                    "py-spy's own CPU (cost table) runs on the same cores, and the server's "
+                    "work slows where they are shared. The µs of that column are inflated "
+                    "by about that factor; its shares hold as far as the slow-down is even."
+                )
     lines += [f"- {note}" for note in result["notes"]]
     return "\n".join(lines)
 
 
 NOTES = [
-    "Stages are attributed by the innermost frame a rule names (benchmarks/path.py: `strong_rules`,"
-    " then `WEAK`): a library call (numpy, scipy, pydantic-core, the standard library) counts "
-    "for the stage that called it, and each ASGI layer holds its own code and its helpers only.",
+    "Stages are attributed by the innermost frame a rule names (benchmarks/path.py: "
+    "`strong_rules`, then `WEAK`): a library call (numpy, scipy, pydantic-core, the standard "
+    "library) counts for the stage that called it, and each ASGI layer holds its own code and "
+    "what it calls that no rule names.",
+    "Each worker thread's samples share out that thread's own CPU time (psutil, same window): "
+    "py-spy counts a thread that is runnable but waits for a core as busy, which on 2 shared "
+    "cores would move time between the event loop's thread and the batch thread.",
     "Validation and JSON parsing of the request are one pass in pydantic-core "
-    "(`model_validate_json` of the 450 kB body): they cannot be separated by sampling; the "
+    "(`model_validate_json` of the whole body): they cannot be separated by sampling; the "
     "in-process timer times both together.",
     '"IO descriptors" (BentoML\'s `from_http_request`, `to_http_response`, serde) and '
     "starlette's routing and exception middlewares are one row: BentoML dispatch; the pydantic "
@@ -883,10 +1069,14 @@ NOTES = [
     "prometheus_client time by its caller.",
     "The event-loop row is time in uvloop's C loop with no Python frame above it (polling, "
     "reading sockets, stepping tasks); with Python frames only, the bytes uvicorn writes are "
-    "in the HTTP row and the reads uvloop does are here.",
+    "in the HTTP row and the reads uvloop does are here. Native frames move the kernel's side "
+    "of socket reads (libc `read` under uvloop) from this row to the HTTP row.",
     "Garbage collection is invisible in Python frames (its time lands in whatever allocated), "
     "except the full collections the service runs itself when quiet (utils/serving/collector.py)"
     ": its whole share needs native frames; the service's GC-pause timer gives its wall time.",
+    '"other" is mostly samples whose stack py-spy read while it changed (`--nonblocking` '
+    "does not pause the worker): no frame at all, or innermost frames cut from their callers; "
+    "their stage cannot be told.",
     "`cache_enabled: false` in every body: the cache key is never computed (the row is the "
     "bypass bookkeeping, if anything).",
     "Native frames need py-spy's blocking mode: every sample stops the worker while its stack "
@@ -913,6 +1103,7 @@ def run(args: argparse.Namespace) -> int:
         path = work / f"body-{i}.json"
         path.write_text(json.dumps({"iq_b64": text, "cache_enabled": False}))
         bodies.append(path)
+    load_average = os.getloadavg()[0]  # before this run's own work: what else ran
     layers = asgi_layer_files()
     classifier = Classifier(layers)
     model = f"{model_dir.parent.name}:{model_dir.name}"
@@ -977,8 +1168,10 @@ def run(args: argparse.Namespace) -> int:
             ).stdout.strip(),
             batching=batching,
             load_generator="wrk, 2 threads (1 at c=1), same machine",
+            load_average_at_start=round(load_average, 2),
         ),
         "stage_order": stage_order(layers),
+        "stage_groups": stage_groups(layers),
         "asgi_layers": [name for _, name in layers],
         "windows": windows,
         "timers": timers,

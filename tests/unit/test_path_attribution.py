@@ -193,19 +193,23 @@ def test_frames_shown_without_this_machines_paths() -> None:
     assert shown.startswith("write (libc.so.6) ← ServiceAppFactory.api_endpoint")
 
 
-def test_read_raw_names_threads(tmp_path) -> None:
+def test_read_raw_keeps_each_threads_name_and_id(tmp_path) -> None:
     raw = tmp_path / "w.raw"
     raw.write_text(
-        "thread (0x7f01): MainThread;"
+        "thread (4101): MainThread;"
         + ";".join(BOOT[1:])
         + " 7\n"
-        + "thread (0x7f02): AnyIO worker thread;"
+        + "thread (4102): AnyIO worker thread;"
         + stdlib("Queue.get", "queue.py")
         + " 3\n"
     )
     samples = path.read_raw(raw)
     assert sum(samples.values()) == 10
-    assert {s[0] for s in samples} == {"thread: MainThread", "thread: AnyIO worker thread"}
+    assert {path.thread_of(s) for s in samples} == {
+        ("MainThread", 4101),
+        ("AnyIO worker thread", 4102),
+    }
+    assert path.top_frames(next(iter(samples)), depth=10).endswith("thread: MainThread")
 
 
 def test_shares_of_each_worker_scale_by_its_own_cpu(classifier: path.Classifier) -> None:
@@ -223,3 +227,46 @@ def test_shares_of_each_worker_scale_by_its_own_cpu(classifier: path.Classifier)
     assert stages[path.PREPROCESSING]["share"] == pytest.approx(0.5)
     assert figures["waiting_samples_left_out"] == 5
     assert sum(s["us_per_request"] for s in stages.values()) == pytest.approx(15000.0)
+
+
+def test_bentoml_log_filters_count_for_its_access_log(classifier: path.Classifier) -> None:
+    stack = (
+        *BOOT,
+        site("AccessLogMiddleware.__call__", "bentoml/_internal/server/http/access.py"),
+        stdlib("Logger.handle", "logging/__init__.py"),
+        site("TraceRecordFilter.filter", "bentoml/_internal/log.py"),
+    )
+    assert classifier.decide(stack) == (
+        path.BENTO_MIDDLEWARE,
+        "AccessLogMiddleware.__call__ (bentoml/_internal/server/http/access.py)",
+    )
+
+
+def test_each_thread_gets_its_own_cpu(classifier: path.Classifier) -> None:
+    """py-spy counts a runnable thread as busy: the loop thread's samples while the model's
+    thread holds the core must not take the model's CPU. Loop thread (2 samples, 0.1 s),
+    model thread (2 samples, 0.9 s), one thread psutil did not time (1 sample) gets what the
+    worker's 1.2 s leaves: 0.2 s."""
+    loop = "thread: MainThread #11"
+    model = "thread: AnyIO worker thread #12"
+    gone = "thread: AnyIO worker thread #13"
+    onnx = (site("Session.run", "onnxruntime/capi/onnxruntime_inference_collection.py"),)
+    http = (site("RequestResponseCycle.send", "uvicorn/protocols/http/httptools_impl.py"),)
+    recording = collections.Counter(
+        {
+            (loop, *BOOT[1:], *http): 1,
+            (loop, *BOOT[1:]): 1,
+            (model, *onnx): 2,
+            (gone, *onnx): 1,
+            (loop, *BOOT[1:], native("epoll_pwait", LIBC)): 40,
+        }
+    )
+    figures = path.stage_figures(
+        [recording], [1.2], 1, classifier, threads_cpu=[{11: 0.1, 12: 0.9, 14: 0.3}]
+    )
+    stages = figures["stages"]
+    assert stages[path.ONNX]["us_per_request"] == pytest.approx(1.1e6)
+    assert stages[path.HTTP]["us_per_request"] == pytest.approx(0.05e6)
+    assert stages[path.EVENT_LOOP]["us_per_request"] == pytest.approx(0.05e6)
+    assert figures["unattributed_us_per_request"] == 0
+    assert figures["waiting_samples_left_out"] == 40
