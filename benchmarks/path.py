@@ -689,16 +689,23 @@ def stage_figures(
             for k, v in counts.most_common(n)
         ]
 
+    def detail(stage: str, seconds: float) -> dict[str, Any]:
+        # the files and functions (the innermost frame a rule named) and the innermost frames;
+        # more of them for the stages that matter
+        share = seconds / cpu_total if cpu_total > 0 else 0.0
+        return {
+            "by_file": top(stage, 3 if share >= 0.01 else 1, files),
+            "by_function": top(stage, 5 if share >= 0.01 else 1, deciders),
+            "top_frames": top(stage, 3 if share >= 0.03 else 0, frames),
+        }
+
     return {
         "stages": {
             stage: {
                 "samples": samples[stage],
                 "us_per_request": round(1e6 * s / per, 1),
                 "share": round(s / cpu_total, 4) if cpu_total else 0.0,
-                # the function (the innermost frame a rule named) and the innermost frames
-                "by_function": top(stage, 8, deciders),
-                "by_file": top(stage, 8, files),
-                "top_frames": top(stage, 5, frames),
+                **detail(stage, s),
             }
             for stage, s in stage_s.most_common()
         },
@@ -706,7 +713,7 @@ def stage_figures(
         "unattributed_us_per_request": round(1e6 * unattributed / per, 1),
         "waiting_samples_left_out": waiting,
         "samples_per_worker": per_worker,
-        "other_top": top(OTHER, 15, frames),
+        "other_top": top(OTHER, 10, frames),
     }
 
 
