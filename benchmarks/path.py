@@ -904,6 +904,53 @@ def _share(row: dict[str, Any] | None, stage: str) -> str:
     return f"{100 * hit['share']:.1f} %" if hit else "0 %"
 
 
+#: Compute stages and the in-process timers that time the same work (per sample).
+TIMED = (
+    (VALIDATION, ("validation: PredictRequest.model_validate_json of the body",)),
+    (DECODE, ("decode: decode_iq_b64",)),
+    (PREPROCESSING, ("preprocessing: preprocess_many",)),
+    (ONNX, ("ONNX: session.run",)),
+    (QUALITY, ("quality features (in runtime.predict)", "quality verdict: assess")),
+    (SERIALIZATION, ("serialization: model_dump_json",)),
+)
+
+
+def compute_three_ways(
+    result: dict[str, Any],
+    lo: dict[str, Any] | None,
+    hi: dict[str, Any] | None,
+    native_hi: dict[str, Any] | None,
+    low: int,
+    high: int,
+) -> list[str]:
+    """The compute stages as sampled in the server and as timed in this process, side by
+    side: where sampling a thread that shares its core cannot split time finely, the timers
+    say what the work itself costs."""
+
+    def timer(prefixes: tuple[str, ...], batch: int) -> str:
+        rows = [
+            r["us_per_sample"]
+            for r in result["timers"]
+            if r["batch"] == batch and r["stage"].startswith(prefixes)
+        ]
+        return f"{sum(rows):.0f}" if rows else ""
+
+    lines = [
+        "",
+        "## Compute stages, sampled in the server and timed in-process (µs per request or sample)",
+        "",
+        f"| stage | c={low}, Python frames | in-process, one request | c={high}, Python frames "
+        f"| c={high}, native frames | in-process, per sample of a batch of 8 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for stage, prefixes in TIMED:
+        lines.append(
+            f"| {stage} | {_us(lo, stage)} | {timer(prefixes, 1)} | {_us(hi, stage)} | "
+            f"{_us(native_hi, stage)} | {timer(prefixes, 8)} |"
+        )
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     levels = meta["levels"]
@@ -1020,6 +1067,7 @@ def markdown(result: dict[str, Any]) -> str:
             (r["us_per_sample"] for r in timers if r["stage"] == name and r["batch"] == 8), ""
         )
         lines.append(f"| {name} | {one} | {eight} |")
+    lines += compute_three_ways(result, lo, hi, native_hi, low, high)
     lines += [
         "",
         f"## The largest stages (c={high}, Python frames): the files and functions the rules "
@@ -1065,6 +1113,12 @@ NOTES = [
     "Each worker thread's samples share out that thread's own CPU time (psutil, same window): "
     "py-spy counts a thread that is runnable but waits for a core as busy, which on 2 shared "
     "cores would move time between the event loop's thread and the batch thread.",
+    "Within a thread, py-spy cannot tell running from runnable: on 2 cores shared by both "
+    "workers' threads, wrk and py-spy, a thread woken (its socket, the GIL handed back after "
+    "numpy, base64 or scipy released it) often waits for a core, and that wait counts for the "
+    "stage it wakes into. Stages that release the GIL often can look bigger in the server than "
+    "their own work: the compute table sets each beside the in-process timer of the same "
+    "call, which is the work alone on an idle core.",
     "Validation and JSON parsing of the request are one pass in pydantic-core "
     "(`model_validate_json` of the whole body): they cannot be separated by sampling; the "
     "in-process timer times both together.",
