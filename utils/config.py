@@ -124,8 +124,9 @@ class Settings(BaseSettings):
     batch_on_loop: Literal["auto"] | bool = Field(
         default="auto",
         description="greedy only: run each batch on the worker's event loop (true) or in a "
-        "thread (false). auto: measured per model at load, on the loop when a full batch "
-        "takes at most 10 ms (utils/serving/on_loop.py).",
+        "thread (false). auto: measured per model at load, holding the loop at most 10 ms: "
+        "every batch on it when a full batch fits, else a lone request when one inference "
+        "fits (utils/serving/on_loop.py).",
     )
     batch_wait_budget_share: float = Field(
         default=0.5,

@@ -885,18 +885,24 @@ def test_where_batches_run_is_decided_from_the_served_models_own_measurement(
     server: Server, spec: FeatureSpec
 ) -> None:
     """BATCH_ON_LOOP=auto (the default): each worker logged where its batches run, from the
-    full batch it measured (`utils/serving/on_loop.py`); the demo model's is short enough
-    for the event loop, and it answers from there."""
+    batch it measured (`utils/serving/on_loop.py`); the demo model's full batch is short
+    enough for the event loop, and it answers from there."""
     notes = re.findall(
-        r"batches (on the event loop|in a worker thread) \(auto: a batch of (\d+) takes "
-        r"([\d.]+) ms, on the loop up to (\d+)\)",
+        r"(batches on the event loop|a lone request on the event loop, batches in a worker "
+        r"thread|batches in a worker thread) \(auto: ([\d.]+) ms alone, ([\d.]+) ms for a "
+        r"batch of (\d+), the loop held up to (\d+) ms\)",
         server.log(),
     )
     assert len(notes) >= 2  # one per worker
-    for where, size, full_ms, limit in notes:
+    for where, single_ms, full_ms, size, limit in notes:
         assert int(size) == 8 and int(limit) == 10
-        assert where == ("on the event loop" if float(full_ms) <= 10.0 else "in a worker thread")
-    assert any(where == "on the event loop" for where, *_ in notes)
+        if float(full_ms) <= 10.0:
+            assert where == "batches on the event loop"
+        elif float(single_ms) <= 10.0:
+            assert where.startswith("a lone request")
+        else:
+            assert where == "batches in a worker thread"
+    assert any(where == "batches on the event loop" for where, *_ in notes)
     capture = b64(generate_scenes(1, seed=78, spec=spec).iq[0])
     assert post(server, "/predict", {"iq_b64": capture, "cache_enabled": False}).is_success
 

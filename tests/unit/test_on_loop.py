@@ -10,23 +10,29 @@ import pytest
 from utils.config import Settings
 from utils.model.batch_profile import BatchProfile
 from utils.serving.batching import Greedy
-from utils.serving.on_loop import MAX_LOOP_BATCH_S, batches_on_loop, full_batch_s
+from utils.serving.on_loop import MAX_LOOP_BATCH_S, batches_on_loop, full_batch_s, where
 
 #: the demo model here: 0.6 ms a sample alone and in a batch
 CHEAP = BatchProfile(single_s=0.0006, batch=8, batch_s=0.0048)
-#: the ResNet-18 benchmark model: about 10 ms alone, 6 ms a sample at 8
-COSTLY = BatchProfile(single_s=0.010, batch=8, batch_s=0.050)
+#: the ResNet-18 benchmark model: 5.4 ms alone, 3.4 ms a sample at 8
+COSTLY = BatchProfile(single_s=0.0054, batch=8, batch_s=0.027)
+#: a model whose one inference alone holds the loop too long
+HEAVY = BatchProfile(single_s=0.030, batch=8, batch_s=0.120)
 
 
-def test_auto_puts_a_batch_on_the_loop_only_when_a_full_one_is_short() -> None:
+def test_auto_holds_the_loop_at_most_the_limit_at_a_time() -> None:
     assert full_batch_s(CHEAP, 8) == pytest.approx(0.0048)
-    assert batches_on_loop("auto", CHEAP, 8)
-    assert not batches_on_loop("auto", CHEAP, 32)  # 19 ms: too long to hold the loop
-    assert not batches_on_loop("auto", COSTLY, 8)
-    assert not batches_on_loop("auto", None, 8)  # nothing measured: the thread
-    assert full_batch_s(COSTLY, 1) > MAX_LOOP_BATCH_S / 2
+    assert batches_on_loop("auto", CHEAP, 8) == 8  # every batch on the loop
+    assert batches_on_loop("auto", CHEAP, 32) == 1  # 19 ms for 32: only a lone request
+    assert batches_on_loop("auto", COSTLY, 8) == 1
+    assert batches_on_loop("auto", HEAVY, 8) == 0  # 30 ms alone: all in the thread
+    assert batches_on_loop("auto", None, 8) == 0  # nothing measured: the thread
+    assert HEAVY.single_s > MAX_LOOP_BATCH_S >= COSTLY.single_s
     # the operator's choice wins either way
-    assert batches_on_loop(True, COSTLY, 8) and not batches_on_loop(False, CHEAP, 8)
+    assert batches_on_loop(True, HEAVY, 8) == 8 and batches_on_loop(False, CHEAP, 8) == 0
+    assert where(8, 8) == "batches on the event loop"
+    assert where(1, 8).startswith("a lone request on the event loop")
+    assert where(0, 8) == "batches in a worker thread"
 
 
 @pytest.mark.parametrize(("value", "parsed"), [("auto", "auto"), ("true", True), ("0", False)])
@@ -36,12 +42,12 @@ def test_batch_on_loop_setting(monkeypatch: pytest.MonkeyPatch, value: str, pars
 
 
 def test_greedy_runs_its_batch_where_it_is_told_and_switches_on_reload() -> None:
-    async def scenario() -> list[bool]:
+    async def scenario() -> list[tuple[int, bool]]:
         loop_thread = threading.get_ident()
-        seen: list[bool] = []
+        seen: list[tuple[int, bool]] = []
 
         def batch(items: list[int]) -> list[int]:
-            seen.append(threading.get_ident() == loop_thread)
+            seen.append((len(items), threading.get_ident() == loop_thread))
             return [i * 2 for i in items]
 
         greedy = Greedy(
@@ -50,13 +56,21 @@ def test_greedy_runs_its_batch_where_it_is_told_and_switches_on_reload() -> None
             wait_budget_s=10.0,
             queue_delay_s=0.0,
             observer=None,
-            on_loop=True,
+            on_loop=4,
         )
         assert await greedy.submit(1) == 2
-        greedy.set_on_loop(False)
         assert await asyncio.gather(*(greedy.submit(i) for i in range(5))) == [0, 2, 4, 6, 8]
+        greedy.set_on_loop(1)  # a reload: lone requests only
+        assert await greedy.submit(2) == 4
+        assert await asyncio.gather(*(greedy.submit(i) for i in range(5))) == [0, 2, 4, 6, 8]
+        greedy.set_on_loop(0)
+        assert await greedy.submit(3) == 6
         await greedy.shutdown()
         return seen
 
     seen = asyncio.run(scenario())
-    assert seen[0] is True and seen[1:] and not any(seen[1:])
+    on_loop_all, lone_only, thread = seen[:3], seen[3:6], seen[6:]
+    assert all(looped for _, looped in on_loop_all)  # 1, then 1 + 4 queued
+    assert [looped for size, looped in lone_only] == [size == 1 for size, _ in lone_only]
+    assert any(size > 1 for size, _ in lone_only)
+    assert thread == [(1, False)]

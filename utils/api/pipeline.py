@@ -50,7 +50,7 @@ from utils.serving.cache import (
     make_cache,
 )
 from utils.serving.departure import Departure, check
-from utils.serving.on_loop import MAX_LOOP_BATCH_S, batches_on_loop, full_batch_s
+from utils.serving.on_loop import MAX_LOOP_BATCH_S, batches_on_loop, full_batch_s, where
 from utils.serving.queue_delay import queue_delay_s
 
 #: Batched inference over canonical captures on the given model, one raw result dict per
@@ -184,13 +184,13 @@ class Pipeline:
                 f" (auto: {1000 * profile.single_s:.1f} ms alone, {profile.gain:.2f}x cheaper "
                 f"per sample at batch {profile.batch})"
             )
-        where = "on the event loop" if self.batcher.on_loop else "in a worker thread"
-        note += f", batches {where}"
+        size = self.batcher.max_batch_size
+        note += f", {where(self.batcher.on_loop, size)}"
         if profile is not None and self.on_loop_setting == "auto":
-            full = full_batch_s(profile, self.batcher.max_batch_size)
+            full = full_batch_s(profile, size)
             note += (
-                f" (auto: a batch of {self.batcher.max_batch_size} takes {1000 * full:.1f} ms, "
-                f"on the loop up to {1000 * MAX_LOOP_BATCH_S:.0f})"
+                f" (auto: {1000 * profile.single_s:.1f} ms alone, {1000 * full:.1f} ms for a "
+                f"batch of {size}, the loop held up to {1000 * MAX_LOOP_BATCH_S:.0f} ms)"
             )
         return note
 

@@ -53,8 +53,9 @@ def _on_loop(batch_fn: Callable[[list[Any]], list[Any]]) -> Callable[[list[Any]]
 
 
 class Greedy:
-    """`GreedyBatcher` around a synchronous batch function, run on the event loop or in a
-    worker thread (`on_loop`, changed with `set_on_loop` when a reload brings a new model)."""
+    """`GreedyBatcher` around a synchronous batch function: batches of up to `on_loop` items
+    on the event loop, larger ones in a worker thread (`set_on_loop` when a reload brings a
+    new model)."""
 
     def __init__(
         self,
@@ -65,13 +66,13 @@ class Greedy:
         queue_delay_s: float,
         observer: Callable[[BatchRecord], None] | None,
         arrivals: Arrivals | None = None,
-        on_loop: bool = False,
+        on_loop: int = 0,
     ) -> None:
         self.on_loop = on_loop
         threaded, looped = _in_thread(batch_fn), _on_loop(batch_fn)
 
         async def run(items: list[Any]) -> list[Any]:
-            return await (looped if self.on_loop else threaded)(items)
+            return await (looped if len(items) <= self.on_loop else threaded)(items)
 
         self._batcher: GreedyBatcher[Any, Any] = GreedyBatcher(
             run,
@@ -99,7 +100,7 @@ class Greedy:
         """A reloaded model brings its own `auto` wait (`utils/serving/queue_delay.py`)."""
         self._batcher.queue_delay_s = seconds
 
-    def set_on_loop(self, on_loop: bool) -> None:
+    def set_on_loop(self, on_loop: int) -> None:
         """A reloaded model brings its own `auto` choice (`utils/serving/on_loop.py`)."""
         self.on_loop = on_loop
 
@@ -154,10 +155,10 @@ def make_batcher(
     queue_delay_s: float,
     observer: Callable[[BatchRecord], None] | None = None,
     arrivals: Arrivals | None = None,
-    on_loop: bool = False,
+    on_loop: int = 0,
 ) -> Batcher | None:
     """The in-worker batcher for `dispatch`; None for `proxy` (the `infer` API batches).
-    `on_loop`: greedy runs its batches on the event loop."""
+    `on_loop`: greedy runs batches of up to this many items on the event loop."""
     if dispatch == "greedy":
         return Greedy(
             batch_fn,

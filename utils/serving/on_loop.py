@@ -9,9 +9,12 @@ batches on it, against 3.8 ms through a thread, and c=32 as fast or faster (READ
 For a model whose batch takes long, a batch on the loop would hold every other request of the
 worker (health checks and `/metrics` included) for all of it.
 
-`auto` decides per model at load from its measured `BatchProfile`: on the loop when a full batch
-(`BATCH_MAX_SIZE` samples at the measured per-sample cost) takes at most `MAX_LOOP_BATCH_S`,
-in a thread otherwise (the ResNet-18 benchmark model: about 10 ms a sample).
+`auto` decides per model at load from its measured `BatchProfile`, holding the loop at most
+`MAX_LOOP_BATCH_S` at a time: every batch on the loop when a full batch (`BATCH_MAX_SIZE`
+samples at the measured per-sample cost) fits (the demo model: 5-7 ms); else a lone request
+on the loop and larger batches in the thread when one inference fits (the ResNet-18 benchmark
+model: 5.4 ms alone, 27 ms for 8; its c=1 p50 went from 7.6 to 6.9 ms with the lone request on
+the loop); else everything in the thread.
 """
 
 from __future__ import annotations
@@ -31,10 +34,22 @@ def full_batch_s(profile: BatchProfile, max_batch_size: int) -> float:
 
 def batches_on_loop(
     setting: bool | Literal["auto"], profile: BatchProfile | None, max_batch_size: int
-) -> bool:
-    """The operator's choice when set; else `auto`'s (a thread when nothing was measured)."""
+) -> int:
+    """The largest batch run on the event loop (0: none, larger ones go to the thread): all
+    or none as the operator set it; else `auto`'s (the thread when nothing was measured)."""
     if setting != "auto":
-        return bool(setting)
+        return max_batch_size if setting else 0
     if profile is None:
-        return False
-    return full_batch_s(profile, max_batch_size) <= MAX_LOOP_BATCH_S
+        return 0
+    if full_batch_s(profile, max_batch_size) <= MAX_LOOP_BATCH_S:
+        return max_batch_size
+    return 1 if profile.single_s <= MAX_LOOP_BATCH_S else 0
+
+
+def where(on_loop: int, max_batch_size: int) -> str:
+    """Where batches run, for the start-up log."""
+    if on_loop >= max_batch_size:
+        return "batches on the event loop"
+    if on_loop >= 1:
+        return "a lone request on the event loop, batches in a worker thread"
+    return "batches in a worker thread"
