@@ -84,8 +84,10 @@ def model_spec(model_dir: Path) -> FeatureSpec:
 
 def policy_env(policy: str) -> dict[str, str]:
     """`greedy`, `cork`, `proxy`, with `/<n>` for a BATCH_MAX_SIZE and `@<ms|auto>` for a
-    BATCH_QUEUE_DELAY_MS besides (`greedy/1`, `greedy@auto`): the environment that serves
-    this service that way."""
+    BATCH_QUEUE_DELAY_MS besides (`greedy/1`, `greedy@auto`), then any `+NAME=value` settings
+    (`greedy+BATCH_ON_LOOP=false`): the environment that serves this service that way."""
+    policy, *extra = policy.split("+")
+    settings = dict(item.split("=", 1) for item in extra)
     rest, _, delay = policy.partition("@")
     dispatch, _, max_size = rest.partition("/")
     env = {"BATCH_DISPATCH": dispatch}
@@ -93,7 +95,7 @@ def policy_env(policy: str) -> dict[str, str]:
         env["BATCH_MAX_SIZE"] = max_size
     if delay:
         env["BATCH_QUEUE_DELAY_MS"] = delay
-    return env
+    return {**env, **settings}
 
 
 # --- in-process ceiling -------------------------------------------------------------------------
