@@ -104,8 +104,8 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(
         default=8,
         gt=0,
-        description="Largest batch. This model's cost per sample rises past 8 (README, "
-        "Batching: the in-process ceiling per batch size).",
+        description="Largest batch. With BATCH_ON_LOOP=auto a larger one can move a cheap "
+        "model's batches off the event loop (utils/serving/on_loop.py).",
     )
     batch_max_latency_ms: int = Field(
         default=20_000,
