@@ -877,6 +877,9 @@ def test_the_greedy_wait_is_decided_from_the_served_models_own_measurement(
     assert len(notes) >= 2  # one per worker
     for delay, single, gain, batch in notes:
         assert int(batch) == 8
+        if abs(float(gain) - 1.25) < 0.006:  # logged to 2 decimals: either side of the rule
+            assert float(delay) in (0.0, pytest.approx(min(float(single) / 2, 10.0), abs=0.051))
+            continue
         expected = 0.0 if float(gain) < 1.25 else min(float(single) / 2, 10.0)
         assert float(delay) == pytest.approx(expected, abs=0.051)  # as logged, 1 decimal
 
