@@ -1,7 +1,8 @@
 """What batching buys this model on this machine, measured once when it is loaded.
 
-Whether a request should wait for company depends on the model: the demo MLP costs the same
-per sample at batch 1 and 8, while a convolutional backbone on the same CPU costs 1.6x less per
+Whether a request should wait for company depends on the model: the demo MLP costs about the
+same per sample at batch 1 and 8 (1.1-1.5x less at 8, measured at start-up, since batches are
+preprocessed in cache-sized chunks), while a convolutional backbone on the same CPU costs 1.6x less per
 sample at batch 8 (`benchmarks/results/compare-resnet18.md`), and on a GPU far more. With
 `BATCH_QUEUE_DELAY_MS=auto` the load path times one inference of 1 and of `probe` captures
 (after the warm-up, median of a few runs), and `utils/serving/queue_delay.py` turns that into
@@ -32,8 +33,8 @@ class BatchProfile:
 
     @property
     def gain(self) -> float:
-        """How many times cheaper a sample is at `batch` than alone (1.0: batching is free
-        of gain, the demo model; 1.6: the ResNet-18 benchmark model on 2 CPU cores)."""
+        """How many times cheaper a sample is at `batch` than alone (about 1.1: little to
+        gain, the demo model; 1.6: the ResNet-18 benchmark model on 2 CPU cores)."""
         per_sample = self.batch_s / self.batch
         return self.single_s / per_sample if per_sample > 0 else 1.0
 

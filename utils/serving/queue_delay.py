@@ -14,8 +14,10 @@ a batch runs; on one core per worker that is enough.
 
 `auto` is for where the gain is larger (a GPU: the per-sample cost keeps falling to batches of
 tens): it decides from the model's measured `BatchProfile`: no wait when the per-sample cost at
-batch 8 is more than 80 % of batch 1's (gain < 1.25; the demo MLP's gain is about 1.0), else
-half a single inference, at most 10 ms, which bounds what a request can lose to the wait.
+batch 8 is more than 80 % of batch 1's (gain < 1.25; the demo MLP measures 1.1-1.5 at start-up
+since its batches are preprocessed in cache-sized chunks: near the line, one more reason 0 is
+the default), else half a single inference, at most 10 ms, which bounds what a request can
+lose to the wait.
 """
 
 from __future__ import annotations
