@@ -2,8 +2,8 @@
 
 Whether a request should wait for company depends on the model: the demo MLP costs about the
 same per sample at batch 1 and 8 (1.1-1.5x less at 8, measured at start-up, since batches are
-preprocessed in cache-sized chunks), while a convolutional backbone on the same CPU costs 1.6x less per
-sample at batch 8 (`benchmarks/results/compare-resnet18.md`), and on a GPU far more. With
+preprocessed in cache-sized chunks), while a convolutional backbone on the same CPU costs 1.6x
+less per sample at batch 8 (`benchmarks/results/compare-resnet18.md`), and on a GPU far more. With
 `BATCH_QUEUE_DELAY_MS=auto` the load path times one inference of 1 and of `probe` captures
 (after the warm-up, median of a few runs), and `utils/serving/queue_delay.py` turns that into
 the greedy batcher's wait.
