@@ -188,6 +188,22 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def scrape(base: str) -> dict[tuple[str, str], float]:
+    """The service's `/metrics` (every worker's): (name, labels) -> value."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        try:
+            out[(name, labels.rstrip("}"))] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
 def batch_sizes(url: str) -> tuple[float, float] | None:
     """(samples, batches) so far from this service's `rfloc_batch_size` histogram (summed over
     workers), or None for a server without it."""

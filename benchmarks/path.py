@@ -59,7 +59,6 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import httpx  # noqa: E402
 import psutil  # noqa: E402
 
 from benchmarks.compare import (  # noqa: E402
@@ -69,6 +68,7 @@ from benchmarks.compare import (  # noqa: E402
     import_model_into,
     model_spec,
     run_meta,
+    scrape,
     tree_cpu_seconds,
     write_results,
 )
@@ -430,22 +430,6 @@ def cpu_seconds(proc: psutil.Process) -> float:
 def thread_cpu_seconds(proc: psutil.Process) -> dict[int, float]:
     """User + system CPU seconds of each of a process's threads so far, by OS thread id."""
     return {t.id: t.user_time + t.system_time for t in proc.threads()}
-
-
-def scrape(base: str) -> dict[tuple[str, str], float]:
-    """The service's `/metrics` (every worker's): (name, labels) -> value."""
-    text = httpx.get(f"{base}/metrics", timeout=30).text
-    out: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name, _, labels = head.partition("{")
-        try:
-            out[(name, labels.rstrip("}"))] = float(value)
-        except ValueError:
-            continue
-    return out
 
 
 def metric_delta(

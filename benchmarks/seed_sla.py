@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -133,8 +132,6 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: install it (Debian: apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="rfloc-seed-sla-"))

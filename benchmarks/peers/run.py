@@ -50,6 +50,7 @@ from benchmarks.compare import (
     import_model_into,
     model_spec,
     run_meta,
+    scrape,
     server,
     tree_cpu_seconds,
     write_results,
@@ -363,13 +364,11 @@ def measure(
 
 def worker_predictions(base: str) -> dict[str, float]:
     """This service's predictions so far by worker process (`rfloc_worker_predictions`)."""
-    text = httpx.get(f"{base}/metrics", timeout=10).text
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("rfloc_worker_predictions{"):
-            labels, value = line.rsplit(" ", 1)
-            out[labels] = float(value)
-    return out
+    return {
+        labels: value
+        for (name, labels), value in scrape(base).items()
+        if name == "rfloc_worker_predictions"
+    }
 
 
 def check_answers(
