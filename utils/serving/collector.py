@@ -6,7 +6,7 @@ alive for a minute: BentoML's request timeout (`TimeoutMiddleware`) schedules a 
 request that it never cancels, and the timer keeps the request's context (its OpenTelemetry
 span and all it holds) alive until it fires, about 20 objects a request. At c=32 on the demo
 model that promoted enough objects for a full collection every 2-3 s per worker, 200-800 ms
-each: it was the whole of the service's p99 (README, "Tails"). So:
+each: it was the whole of the service's p99 (docs/tails.md). So:
 
 - `settle` moves every object alive at the end of start-up into the permanent generation
   (`gc.freeze()`), which no collection walks;

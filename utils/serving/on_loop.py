@@ -5,7 +5,7 @@ A batch in a worker thread leaves the event loop free to read the next requests,
 costs: a thread wake-up each way, and the two threads of one worker contend for the GIL and for
 the one core the worker has. For a model whose batch is cheap that costs more than it saves:
 on the demo model (0.6 ms a sample) the event loop served c=1 in 2.7-3.2 ms at the median with
-batches on it, against 3.8 ms through a thread, and c=32 as fast or faster (README, "Tails").
+batches on it, against 3.8 ms through a thread, and c=32 as fast or faster (docs/tails.md).
 For a model whose batch takes long, a batch on the loop would hold every other request of the
 worker (health checks and `/metrics` included) for all of it.
 
